@@ -1,0 +1,102 @@
+"""FeatureData: every number one feature's dashboard shows, as plain typed data.
+
+Produced by ``sitegen.compute`` and consumed by ``sitegen.render``. Token ids are
+kept as ints; the renderer turns them into strings through ``TokenTable``.
+Floats are rounded to the precision a page shows (see ``rounded``) before caching.
+Serialisation: ``dataclasses.asdict`` / ``feature_data_from_dict`` (see cache.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Histogram:
+    edges: list[float]  # [bins + 1], increasing
+    counts: list[int]  # [bins]
+
+
+@dataclass
+class TokenValues:
+    """Tokens with one value each, e.g. the top logit effects."""
+
+    token_ids: list[int]
+    values: list[float]
+
+
+@dataclass
+class Hover:
+    """What removing this feature at one position does to the next-token prediction."""
+
+    loss_effect: float  # change in next-token loss (nats); < 0: the feature hurt, > 0: it helped
+    top: TokenValues  # largest log-prob increases when the feature is removed
+    bottom: TokenValues  # largest log-prob decreases when the feature is removed
+
+
+@dataclass
+class Example:
+    """A context window around one selected (sequence, position)."""
+
+    seq: int  # sequence index in the tokenised dataset
+    pos: int  # position of the selected activation within the sequence
+    start: int  # position of the first shown token
+    token_ids: list[int]  # [window]
+    acts: list[float]  # [window] feature activation at each shown token
+    # [window] None where the activation is 0 or there is no next token to predict
+    hovers: list[Hover | None]
+
+
+@dataclass
+class IntervalGroup:
+    lower: float  # exclusive
+    upper: float  # inclusive
+    fraction: float  # share of all non-zero (or, for the negative group, negative) activations inside
+    examples: list[Example]
+
+
+@dataclass
+class Ranked:
+    """Top-k other indices (hook dimensions or features) with a score, and an optional second score."""
+
+    ids: list[int]
+    values: list[float]
+    extra: list[float] = field(default_factory=list)  # e.g. cosine beside Pearson, or L1 share
+
+
+@dataclass
+class FeatureData:
+    dictionary: str
+    feature: int
+    dead: bool  # never > 0 on the counted tokens
+    n_tokens: int  # counted tokens (ignored positions and NaN/inf excluded)
+    n_nonfinite: int  # positions whose activation was NaN/inf (excluded)
+    density: float  # fraction of counted tokens with activation > 0
+    max_act: float
+    mean_nonzero_act: float
+    act_histogram: Histogram  # over non-zero activations
+    top_examples: list[Example]
+    intervals: list[IntervalGroup]  # equal-width over (0, max]
+    negative: IntervalGroup | None  # most-negative activations, for dictionaries that can go negative
+    logit_top: TokenValues  # decoder direction through the unembedding
+    logit_bottom: TokenValues
+    logit_histogram: Histogram  # over the whole vocabulary
+    neuron_alignment: Ranked  # hook dims by |decoder value|; extra = share of the L1 norm
+    correlated_neurons: Ranked  # hook dims by Pearson r; extra = cosine similarity
+    correlated_features: Ranked  # features of the whole dictionary by Pearson r
+    decoder_neighbours: Ranked  # features by cosine similarity of decoder directions
+    top_tokens: TokenValues  # tokens most often at the feature's top activations; values = counts
+
+
+@dataclass
+class DictionarySummary:
+    name: str
+    kind: str  # "sae" | "neurons"
+    hook_name: str
+    d_in: int
+    d_sae: int
+    feature_ids: list[int]  # the features built into the site
+    effects: str  # "direct" | "exact" | "none"
+    norm_note: str  # how the final norm is handled for logit/loss effects, shown on pages

@@ -1,0 +1,242 @@
+"""site_config.yaml -> typed dataclasses, one small config class per component.
+
+Every problem becomes one ``SitegenError`` line naming the file, the key and what
+is wrong (unknown keys get the closest valid key suggested). Relative paths are
+resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from sitegen.errors import SitegenError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "embedded"  # "embedded" | a TransformerLens name | a local checkpoint folder
+    architecture: str | None = None  # TransformerLens name for a local HF checkpoint folder
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+@dataclass
+class DictionaryConfig:
+    name: str
+    kind: Literal["sae", "neurons"] = "sae"
+    path: str | None = None  # SAELens-format directory (cfg.json + sae_weights.safetensors)
+    release: str | None = None  # SAELens release + id (needs the hub)
+    id: str | None = None
+    layer: int | None = None  # for kind: neurons, the MLP layer
+    features: list[int] | str | None = None  # ids, or "start:stop"; default all
+
+
+@dataclass
+class DatasetConfig:
+    paths: list[str] = field(default_factory=list)  # files or globs: .txt .md .py .jsonl .npy .pt
+    hf_name: str | None = None  # a hub dataset (needs the hub)
+    hf_split: str = "train"
+    text_field: str = "text"  # JSONL / HF field holding the text
+    context_length: int = 128
+    max_tokens: int = 65536
+    prepend_bos: bool = True
+    seed: int = 0
+
+
+@dataclass
+class FeaturesConfig:
+    """How the feature data is computed (defaults as in the issue tracker's spec)."""
+
+    feature_batch_size: int = 256
+    token_batch_size: int = 32  # sequences per model pass batch
+    activation_cache_mb: int = 2048  # over this, hook activations go to an on-disk memmap
+    histogram_bins: int = 40
+    top_examples: int = 20
+    context_before: int = 5
+    context_after: int = 5
+    whole_sequence: bool = False  # show whole sequences instead of windows
+    n_intervals: int = 10
+    examples_per_interval: int = 5
+    logit_top: int = 10
+    logit_histogram_bins: int = 40
+    hover_top: int = 5
+    effects: Literal["direct", "exact", "none"] = "direct"
+    n_related: int = 3  # neuron alignment / correlated neurons / correlated features
+    n_neighbours: int = 5
+    n_top_tokens: int = 5
+    ignore_bos: bool = True
+
+
+@dataclass
+class SiteConfig:
+    title: str = "sitegen dashboards"
+    pages: str | None = None  # folder of Markdown site pages (pages/*.md)
+    notes: str | None = None  # YAML: {dictionary: {feature_id: markdown}}
+
+
+@dataclass
+class Config:
+    dictionaries: list[DictionaryConfig]
+    dataset: DatasetConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
+    out: str = "site"
+    seed: int = 0
+    path: Path = field(default=Path("site_config.yaml"), metadata={"internal": True})
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p)
+
+
+POSITIVE = {
+    "context_length", "max_tokens", "feature_batch_size", "token_batch_size",
+    "activation_cache_mb", "histogram_bins", "top_examples", "n_intervals",
+    "logit_top", "logit_histogram_bins", "hover_top", "n_related", "n_neighbours",
+    "n_top_tokens",
+}
+NON_NEGATIVE = {"context_before", "context_after", "examples_per_interval", "layer", "seed"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {str: "a string", int: "an integer", bool: "true/false", float: "a number"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except SitegenError:
+                continue
+        raise SitegenError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise SitegenError(f"{where}: must be one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise SitegenError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _dataclass_from(tp, value, where)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp, True)
+    if not ok:
+        raise SitegenError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _dataclass_from(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise SitegenError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(fields)})"
+            raise SitegenError(f"{where}.{key}: unknown key{hint}")
+        value = _coerce(value, hints[key], f"{where}.{key}")
+        if key in POSITIVE and isinstance(value, int) and value <= 0:
+            raise SitegenError(f"{where}.{key}: must be > 0, got {value}")
+        if key in NON_NEGATIVE and isinstance(value, int) and value < 0:
+            raise SitegenError(f"{where}.{key}: must be >= 0, got {value}")
+        kwargs[key] = value
+    missing = [
+        name for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise SitegenError(f"{where}: missing required key '{missing[0]}'")
+    return cls(**kwargs)
+
+
+def _check(cfg: Config, where: str) -> None:
+    if not cfg.dictionaries:
+        raise SitegenError(f"{where}.dictionaries: name at least one dictionary")
+    seen: set[str] = set()
+    for i, d in enumerate(cfg.dictionaries):
+        key = f"{where}.dictionaries[{i}]"
+        if d.name in seen:
+            raise SitegenError(f"{key}.name: duplicate dictionary name '{d.name}'")
+        seen.add(d.name)
+        if d.kind == "neurons" and d.layer is None:
+            raise SitegenError(f"{key}.layer: kind 'neurons' needs the MLP layer")
+        if d.kind == "sae" and not d.path and not (d.release and d.id):
+            raise SitegenError(f"{key}: kind 'sae' needs 'path' (SAELens folder) or 'release' + 'id'")
+        if d.path and not cfg.resolve(d.path).is_dir():
+            raise SitegenError(f"{key}.path: folder not found: {cfg.resolve(d.path)}")
+        if isinstance(d.features, str):
+            parts = d.features.split(":")
+            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+                raise SitegenError(f"{key}.features: expected ids or 'start:stop', got {d.features!r}")
+    ds = cfg.dataset
+    if not ds.paths and not ds.hf_name:
+        raise SitegenError(f"{where}.dataset: give 'paths' (local files) or 'hf_name'")
+    if ds.max_tokens < ds.context_length:
+        raise SitegenError(
+            f"{where}.dataset.max_tokens: {ds.max_tokens} is below one context window "
+            f"({ds.context_length} tokens)"
+        )
+    for key in ("pages", "notes"):
+        value = getattr(cfg.site, key)
+        if value and not cfg.resolve(value).exists():
+            raise SitegenError(f"{where}.site.{key}: not found: {cfg.resolve(value)}")
+    out = cfg.resolve(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise SitegenError(f"{where}.out: {out} exists and is not a folder")
+
+
+def load_config(path: str | Path) -> Config:
+    """Parse and check a site config; raises SitegenError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise SitegenError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise SitegenError(f"{path}: YAML syntax error{at}: {problem}") from None
+    except UnicodeDecodeError as err:
+        raise SitegenError(f"{path}: not UTF-8 text ({err.reason})") from None
+    where = path.name
+    if raw is None:
+        raise SitegenError(f"{where}: the config is empty")
+    cfg = _dataclass_from(Config, raw, where)
+    cfg.path = path.resolve()
+    _check(cfg, where)
+    return cfg

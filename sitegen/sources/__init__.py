@@ -1,0 +1,59 @@
+"""Stage 1 of the pipeline: load and check the model, the dictionaries and the dataset."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from transformer_lens import HookedTransformer
+
+from sitegen.config import Config
+from sitegen.sources.dataset import TokenData, load_tokens
+from sitegen.sources.dictionaries import Dictionary, load_dictionary
+from sitegen.sources.model import load_model
+from sitegen.sources.tokens import token_texts
+
+
+@dataclass
+class Sources:
+    config: Config
+    model: HookedTransformer
+    dictionaries: list[Dictionary]
+    data: TokenData
+    fingerprints: dict[str, str] = field(default_factory=dict)  # what the feature cache depends on
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        return token_texts(self.model.tokenizer, ids)
+
+
+def tensor_digest(tensors: list[torch.Tensor]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_sources(cfg: Config, progress=None) -> Sources:
+    """Load everything the config names; raises SitegenError on bad input."""
+    step = progress or (lambda msg: None)
+    step("loading model")
+    model = load_model(cfg)
+    step("loading dictionaries")
+    dictionaries = [
+        load_dictionary(model, dc, cfg, f"dictionaries[{i}]") for i, dc in enumerate(cfg.dictionaries)
+    ]
+    step("tokenising dataset")
+    tok = model.tokenizer
+    bos = None if tok is None else tok.bos_token_id
+    data = load_tokens(cfg, tok, bos, model.cfg.d_vocab)
+    fingerprints = {
+        "model": tensor_digest(list(model.state_dict().values())),
+        "dataset": tensor_digest([data.tokens, data.ignore]),
+    }
+    for d in dictionaries:
+        fingerprints[f"dictionary:{d.name}"] = tensor_digest([d.decoder(), torch.tensor(d.feature_ids)]) + (
+            "" if d.kind == "neurons" else tensor_digest(list(d.sae.state_dict().values()))
+        )
+    return Sources(cfg, model, dictionaries, data, fingerprints)

@@ -1,0 +1,195 @@
+"""Dictionaries of features over one hook: an SAE (any SAELens architecture) or
+the model's own MLP neurons (an identity dictionary over ``blocks.L.mlp.hook_post``).
+
+The engine sees only the ``Dictionary`` interface below.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformer_lens import HookedTransformer
+
+from sitegen.config import Config, DictionaryConfig
+from sitegen.errors import SitegenError
+
+RESID_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out)$")
+MLP_POST_HOOK = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
+ATTN_Z_HOOK = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
+
+
+class Dictionary(Protocol):
+    name: str
+    kind: str  # "sae" | "neurons"
+    hook_name: str
+    d_in: int
+    d_sae: int
+    can_be_negative: bool  # activations may be < 0 (MLP neurons)
+    needs_full_encode: bool  # a feature subset cannot be encoded alone (TopK-style)
+    feature_ids: list[int]  # the features to build
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, d_in] hook activations -> [n, d_sae] feature activations."""
+
+    def encode_subset(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """[n, d_in] -> [n, len(ids)]; equal to encode(x)[:, ids]."""
+
+    def decoder(self) -> torch.Tensor:
+        """[d_sae, d_in]: each feature's direction in hook space."""
+
+    def residual_directions(self) -> torch.Tensor | None:
+        """[d_sae, d_model]: what one unit of each feature writes into the residual
+        stream, or None where the hook is not linearly tied to it."""
+
+
+def hook_layer(hook_name: str) -> int:
+    match = re.match(r"^blocks\.(\d+)\.", hook_name)
+    return int(match.group(1)) if match else 0
+
+
+def to_residual(model: HookedTransformer, hook_name: str, w: torch.Tensor) -> torch.Tensor | None:
+    """Map [n, d_in] directions at ``hook_name`` into the residual stream."""
+    if RESID_HOOK.match(hook_name):
+        return w
+    if m := MLP_POST_HOOK.match(hook_name):
+        return w @ model.blocks[int(m.group(1))].mlp.W_out
+    if m := ATTN_Z_HOOK.match(hook_name):
+        w_o = model.blocks[int(m.group(1))].attn.W_O  # [n_heads, d_head, d_model]
+        return w.reshape(w.shape[0], *w_o.shape[:2]).flatten(1) @ w_o.flatten(0, 1)
+    return None
+
+
+@dataclass
+class SAEDictionary:
+    name: str
+    sae: "torch.nn.Module"  # sae_lens.SAE
+    model: HookedTransformer
+    feature_ids: list[int]
+    kind: str = "sae"
+
+    def __post_init__(self) -> None:
+        self.hook_name = self.sae.cfg.metadata.hook_name
+        self.d_in = int(self.sae.cfg.d_in)
+        self.d_sae = int(self.sae.cfg.d_sae)
+        self.architecture = self.sae.cfg.architecture()
+        self.can_be_negative = False
+        # Subset encoding reproduces encode() for these only; others run the full encode.
+        simple = self.architecture in ("standard", "jumprelu")
+        plain = (
+            getattr(self.sae.cfg, "normalize_activations", "none") == "none"
+            and getattr(self.sae.cfg, "reshape_activations", "none") == "none"
+        )
+        self.needs_full_encode = not (simple and plain)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sae.encode(x.to(self.sae.dtype)).float()
+
+    @torch.no_grad()
+    def encode_subset(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.needs_full_encode:
+            return self.encode(x)[:, ids]
+        sae = self.sae
+        x = x.to(sae.dtype)
+        if sae.cfg.apply_b_dec_to_input:
+            x = x - sae.b_dec
+        pre = x @ sae.W_enc[:, ids] + sae.b_enc[ids]
+        if self.architecture == "jumprelu":
+            return (pre * (pre > sae.threshold[ids])).float()
+        return torch.relu(pre).float()
+
+    @torch.no_grad()
+    def decoder(self) -> torch.Tensor:
+        return self.sae.W_dec.float()
+
+    @torch.no_grad()
+    def residual_directions(self) -> torch.Tensor | None:
+        return to_residual(self.model, self.hook_name, self.decoder())
+
+
+@dataclass
+class NeuronDictionary:
+    """The MLP neurons of one layer, each its own feature (identity dictionary)."""
+
+    name: str
+    model: HookedTransformer
+    layer: int
+    feature_ids: list[int]
+    kind: str = "neurons"
+    can_be_negative: bool = True
+    needs_full_encode: bool = False
+
+    def __post_init__(self) -> None:
+        self.hook_name = f"blocks.{self.layer}.mlp.hook_post"
+        self.d_in = self.d_sae = int(self.model.cfg.d_mlp)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+    def encode_subset(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return x[:, ids].float()
+
+    def decoder(self) -> torch.Tensor:
+        return torch.eye(self.d_in)
+
+    @torch.no_grad()
+    def residual_directions(self) -> torch.Tensor:
+        return self.model.blocks[self.layer].mlp.W_out.float()
+
+
+def feature_ids(spec: list[int] | str | None, d_sae: int, where: str) -> list[int]:
+    if spec is None:
+        return list(range(d_sae))
+    if isinstance(spec, str):
+        start, stop = (int(p) for p in spec.split(":"))
+        ids = list(range(start, min(stop, d_sae) if stop > start else start))
+        if start >= d_sae or not ids:
+            raise SitegenError(f"{where}.features: range {spec!r} is empty or outside 0..{d_sae - 1}")
+        return ids
+    bad = [i for i in spec if not 0 <= i < d_sae]
+    if bad:
+        raise SitegenError(f"{where}.features: id {bad[0]} is out of range 0..{d_sae - 1}")
+    return sorted(set(spec))
+
+
+def hook_width(model: HookedTransformer, hook_name: str) -> int | None:
+    """Width of a hook's last dimension (None if the model lacks the hook)."""
+    if hook_name not in model.hook_dict:
+        return None
+    cfg = model.cfg
+    if ATTN_Z_HOOK.match(hook_name):
+        return cfg.n_heads * cfg.d_head
+    if MLP_POST_HOOK.match(hook_name) or hook_name.endswith("mlp.hook_pre"):
+        return cfg.d_mlp
+    return cfg.d_model
+
+
+def load_dictionary(model: HookedTransformer, dc: DictionaryConfig, cfg: Config, where: str) -> Dictionary:
+    if dc.kind == "neurons":
+        if not 0 <= dc.layer < model.cfg.n_layers:
+            raise SitegenError(f"{where}.layer: {dc.layer} is outside 0..{model.cfg.n_layers - 1}")
+        ids = feature_ids(dc.features, model.cfg.d_mlp, where)
+        return NeuronDictionary(dc.name, model, dc.layer, ids)
+    from sae_lens import SAE
+
+    device = str(model.cfg.device)
+    try:
+        if dc.path:
+            sae = SAE.load_from_disk(str(cfg.resolve(dc.path)), device=device, dtype="float32")
+        else:
+            sae = SAE.from_pretrained(dc.release, dc.id, device=device, dtype="float32")
+    except Exception as err:  # sae_lens raises many types; report one line
+        src = cfg.resolve(dc.path) if dc.path else f"{dc.release}/{dc.id}"
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SitegenError(f"{where}: could not load SAE from {src}: {msg}") from None
+    hook = sae.cfg.metadata.hook_name
+    width = hook_width(model, hook)
+    if width is None:
+        raise SitegenError(f"{where}: SAE hook '{hook}' is not a hook of the model")
+    if width != sae.cfg.d_in:
+        raise SitegenError(f"{where}: SAE d_in {sae.cfg.d_in} != width {width} of hook '{hook}'")
+    sae.eval()
+    return SAEDictionary(dc.name, sae, model, feature_ids(dc.features, sae.cfg.d_sae, where))

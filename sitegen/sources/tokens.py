@@ -1,0 +1,40 @@
+"""Token ids -> display strings. Token strings are hostile input: they may hold
+partial UTF-8, control, bidi and zero-width characters, markup, or be 10,000
+characters long. Here they become visible, bounded plain text; escaping for
+HTML/JSON happens in the renderer."""
+
+from __future__ import annotations
+
+import unicodedata
+
+MAX_TOKEN_CHARS = 48
+VISIBLE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u21e5"}  # ↵ ␍ ⇥
+
+
+def display_text(raw: str) -> str:
+    """Make whitespace-like and invisible characters visible; cap the length."""
+    out = []
+    for ch in raw:
+        if ch in VISIBLE:
+            out.append(VISIBLE[ch])
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+        else:
+            out.append(ch)
+    text = "".join(out)
+    if len(text) > MAX_TOKEN_CHARS:
+        text = f"{text[:MAX_TOKEN_CHARS - 1]}\u2026"
+    return text
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Display string of each token id (alone, without its neighbours)."""
+    if tokenizer is None:
+        return [f"#{i}" for i in ids]
+    out = []
+    for i in ids:
+        text = tokenizer.decode([i], clean_up_tokenization_spaces=False)
+        if "\ufffd" in text:  # a partial UTF-8 / byte-fallback piece: show its raw name
+            text = str(tokenizer.convert_ids_to_tokens(i))
+        out.append(display_text(text))
+    return out
