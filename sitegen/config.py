@@ -90,6 +90,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
     out: str = "site"
+    cache: str = ".sitegen-cache"  # feature-data cache (resumable builds; `sitegen render` reads it)
     seed: int = 0
     path: Path = field(default=Path("site_config.yaml"), metadata={"internal": True})
 

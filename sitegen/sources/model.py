@@ -113,7 +113,21 @@ def load_model(cfg: Config) -> HookedTransformer:
     return model
 
 
+def official_name(name: str) -> str:
+    from transformer_lens.loading_from_pretrained import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+
+    if name in OFFICIAL_MODEL_NAMES:
+        return name
+    for official, aliases in MODEL_ALIASES.items():
+        if name in aliases:
+            return official
+    raise SitegenError(
+        f"model.name: '{name}' is not 'embedded', an existing folder, or a TransformerLens model name"
+    )
+
+
 def load_from_hub(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    name = official_name(name)
     online = hub_reachable()
     try:
         if online:

@@ -1,0 +1,196 @@
+"""The ``sitegen`` command line: validate, build, render, serve, check, init.
+
+Bad input prints one line (``error: ...``) and exits 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from sitegen.errors import SitegenError
+
+CONFIG_OPTION = click.option(
+    "--config", "config_path", default="site_config.yaml", show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path), help="Site config (YAML).",
+)
+OUT_OPTION = click.option(
+    "--out", "out", default=None, type=click.Path(path_type=Path),
+    help="Output folder of the site (default: the config's 'out').",
+)
+
+
+def say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def output_dir(cfg, out: Path | None) -> Path:
+    target = (out if out is not None else cfg.resolve(cfg.out)).absolute()
+    if target.exists() and not target.is_dir():
+        raise SitegenError(f"out: {target} exists and is not a folder")
+    parent = next(p for p in target.parents if p.exists())
+    try:  # a real write probe: os.access says yes to root even on read-only mounts
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".sitegen-probe-"))
+    except OSError as err:
+        raise SitegenError(f"out: cannot write under {parent} ({err.strerror})") from None
+    return target
+
+
+def cache_dir(cfg) -> Path:
+    return cfg.resolve(cfg.cache)
+
+
+def describe(sources) -> str:
+    m, data = sources.model, sources.data
+    lines = [
+        f"model: {sources.config.model.name} ({m.cfg.n_layers} layers, d_model {m.cfg.d_model}, "
+        f"d_mlp {m.cfg.d_mlp}, vocab {m.cfg.d_vocab}, {m.cfg.device}, {m.cfg.dtype})",
+        f"hooks: {', '.join(sorted({d.hook_name for d in sources.dictionaries}))}",
+    ]
+    for d in sources.dictionaries:
+        lines.append(
+            f"dictionary '{d.name}': {d.kind} on {d.hook_name}, d_in {d.d_in}, d_sae {d.d_sae}, "
+            f"{len(d.feature_ids)} features to build"
+        )
+    lines.append(
+        f"dataset: {data.tokens.shape[0]} sequences x {data.tokens.shape[1]} tokens = {data.tokens.numel()} "
+        f"tokens ({int((~data.ignore).sum())} counted) from {data.n_documents} documents"
+    )
+    return "\n".join(lines)
+
+
+def load(config_path: Path):
+    from sitegen.config import load_config
+    from sitegen.sources import load_sources
+
+    cfg = load_config(config_path)
+    return cfg, load_sources(cfg, progress=lambda msg: say(f"[sitegen] {msg}"))
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="sitegen")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Static-site generator for interpretability dashboards."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@CONFIG_OPTION
+def validate(config_path: Path) -> None:
+    """Load and check every source; print a summary without computing features."""
+    _, sources = load(config_path)
+    click.echo(describe(sources))
+    click.echo("config OK")
+
+
+@cli.command()
+@CONFIG_OPTION
+@OUT_OPTION
+def build(config_path: Path, out: Path | None) -> None:
+    """Compute every feature's data (resumable) and render the site."""
+    from sitegen.config import load_config
+
+    out_dir = output_dir(load_config(config_path), out)
+    from sitegen.compute import build_feature_cache
+    from sitegen.render import render_site
+
+    cfg, sources = load(config_path)
+    say(describe(sources))
+    cache = cache_dir(cfg)
+    build_feature_cache(sources, cache)
+    render_site(cache, cfg, out_dir)
+    click.echo(f"site written to {out_dir}")
+
+
+@cli.command()
+@CONFIG_OPTION
+@OUT_OPTION
+def render(config_path: Path, out: Path | None) -> None:
+    """Re-render the site from the feature cache, without recomputing."""
+    from sitegen.compute.cache import read_manifest
+    from sitegen.config import load_config
+    from sitegen.render import render_site
+
+    cfg = load_config(config_path)
+    out_dir = output_dir(cfg, out)
+    cache = cache_dir(cfg)
+    if not read_manifest(cache).get("complete"):
+        raise SitegenError(f"{cache}: the feature cache is incomplete; run 'sitegen build' to finish it")
+    render_site(cache, cfg, out_dir)
+    click.echo(f"site written to {out_dir}")
+
+
+@cli.command()
+@click.argument("site", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(site: Path, port: int) -> None:
+    """Preview a built site on http://127.0.0.1:PORT/ (Ctrl-C stops)."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as err:
+        raise SitegenError(f"--port: cannot listen on 127.0.0.1:{port} ({err.strerror})") from None
+    click.echo(f"serving {site} on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
+    with server:
+        server.serve_forever()
+
+
+@cli.command()
+@click.argument("site", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def check(site: Path) -> None:
+    """Verify that every internal link and asset of a built site resolves."""
+    from sitegen.render import check_site
+
+    problems = check_site(site)
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        raise SitegenError(f"{site}: {len(problems)} broken link(s) or asset(s)")
+    click.echo(f"{site}: all links and assets resolve")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Scaffold a starter project: config, pages/about.md, a GitHub Pages workflow."""
+    from sitegen.render import scaffold_project
+
+    scaffold_project(directory)
+    click.echo(f"starter project written to {directory}; next: cd {directory} && sitegen build")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        say("interrupted")
+        sys.exit(130)
+    except SitegenError as err:
+        if debug:
+            raise
+        say(f"error: {err}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        say("interrupted: finished feature batches are kept in the cache; rerun to resume")
+        sys.exit(130)
+    except OSError as err:
+        if debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        say(f"error: {where}{err.strerror or err}")
+        sys.exit(2)
