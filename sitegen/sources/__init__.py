@@ -53,7 +53,8 @@ def load_sources(cfg: Config, progress=None) -> Sources:
         "dataset": tensor_digest([data.tokens, data.ignore]),
     }
     for d in dictionaries:
-        fingerprints[f"dictionary:{d.name}"] = tensor_digest([d.decoder(), torch.tensor(d.feature_ids)]) + (
-            "" if d.kind == "neurons" else tensor_digest(list(d.sae.state_dict().values()))
+        weights = list(d.sae.state_dict().values()) if d.kind == "sae" else [d.residual_directions()]
+        fingerprints[f"dictionary:{d.name}"] = tensor_digest(
+            [torch.tensor(d.feature_ids), torch.tensor([d.d_in, d.d_sae]), *weights]
         )
     return Sources(cfg, model, dictionaries, data, fingerprints)

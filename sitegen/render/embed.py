@@ -1,0 +1,39 @@
+"""Serialising data into pages: JSON that cannot break out of a <script> element,
+and compact numbers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from markupsafe import Markup
+
+# Characters that could end a <script> element, start an HTML comment or entity,
+# or (in older engines) end a JS string. They can only occur inside JSON strings,
+# where a \u escape means the same character.
+SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def compact_number(x: float | int) -> float | int:
+    """An integral float as an int (``2.0`` -> ``2``, saving bytes); anything else unchanged."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 2**53:
+        return int(x)
+    return x
+
+
+def compact_numbers(xs: list[float]) -> list[float | int]:
+    return [compact_number(x) for x in xs]
+
+
+def script_safe_json(obj: Any) -> str:
+    """Deterministic, compact JSON safe to place inside <script> or a .js file."""
+    text = json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False)
+    for ch, escaped in SCRIPT_UNSAFE.items():
+        text = text.replace(ch, escaped)
+    return text
+
+
+def script_json_markup(obj: Any) -> Markup:
+    """``script_safe_json`` marked safe for a template: the script element is raw
+    text, so HTML escaping would corrupt it; the \\u escapes make it safe instead."""
+    return Markup(script_safe_json(obj))

@@ -1,0 +1,184 @@
+"""FeatureData -> what one feature page shows.
+
+Two views of the same feature:
+- ``feature_page_json``: the one JSON object the page's script reads (examples,
+  histograms, navigation), compact: a page-local token table (most used first),
+  token ids as indexes into it, hovers only where present, arrays for examples.
+- ``feature_page_context``: the static parts the template renders (header, tables).
+
+JSON schema (``v`` 1)::
+
+    {"v": 1, "dictionary": <dict index>, "feature": <id>, "max_act": <float>,
+     "nav": [<previous built id> | null, <next built id> | null],
+     "tokens": [<display text>, ...],                 # page-local token table
+     "act_hist": [[edges...], [counts...]],           # over non-zero activations
+     "logit_hist": [[edges...], [counts...]],         # over the vocabulary
+     "lists": [[<token index>, ...], ...],            # distinct hover token lists
+     "groups": [[<example>, ...], ...]}               # top, intervals..., negative
+    example = [seq, pos, start, [<token index>...], [<activation>...], [<hover>...]]
+    hover   = [offset in window, loss effect, <list index> of the top tokens,
+               [top log-prob changes], <list index> of the bottom tokens, [bottom changes]]
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from sitegen.compute.feature_data import DictionarySummary, Example, FeatureData, Hover, IntervalGroup, Ranked
+from sitegen.errors import SitegenError
+from sitegen.render.embed import compact_number, compact_numbers
+
+SCHEMA_VERSION = 1
+
+# (FeatureData field, title, caption, id column, value column, extra column, ids are features)
+RANKED_TABLES = [
+    ("neuron_alignment", "Neuron alignment", "hook dimensions with the largest |decoder value|",
+     "dim", "decoder value", "share of L1", False),
+    ("correlated_neurons", "Correlated neurons", "hook dimensions whose activations correlate most",
+     "dim", "Pearson r", "cosine", False),
+    ("correlated_features", "Correlated features", "features of this dictionary whose activations correlate most",
+     "feature", "Pearson r", "cosine", True),
+    ("decoder_neighbours", "Decoder neighbours", "features with the most similar decoder directions",
+     "feature", "cosine", None, True),
+]
+
+
+def hook_layer(hook_name: str) -> int | None:
+    match = re.match(r"^blocks\.(\d+)\.", hook_name)
+    return int(match.group(1)) if match else None
+
+
+def token_text(texts: dict[int, str], token_id: int) -> str:
+    try:
+        return texts[token_id]
+    except KeyError:
+        raise SitegenError(f"tokens.json: no display text for token id {token_id}; rebuild the cache") from None
+
+
+class TokenIndex:
+    """Page-local token table: ids -> indexes, most used ids first (small indexes)."""
+
+    def __init__(self, ids: Counter, texts: dict[int, str]):
+        order = sorted(ids, key=lambda i: (-ids[i], i))
+        self.index = {tok: n for n, tok in enumerate(order)}
+        self.texts = [token_text(texts, i) for i in order]
+
+
+def example_groups(fd: FeatureData) -> list[IntervalGroup | list[Example]]:
+    """Top examples, then each interval group, then the negative group when present."""
+    return [fd.top_examples, *fd.intervals, *([fd.negative] if fd.negative else [])]
+
+
+def _group_examples(group: IntervalGroup | list[Example]) -> list[Example]:
+    return group.examples if isinstance(group, IntervalGroup) else group
+
+
+def _used_token_ids(fd: FeatureData) -> Counter:
+    used: Counter = Counter()
+    for group in example_groups(fd):
+        for ex in _group_examples(group):
+            used.update(ex.token_ids)
+            for h in ex.hovers:
+                if h is not None:
+                    used.update(h.top.token_ids)
+                    used.update(h.bottom.token_ids)
+    return used
+
+
+def _hover_json(offset: int, h: Hover, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
+    top = tuple(tokens.index[i] for i in h.top.token_ids)
+    bottom = tuple(tokens.index[i] for i in h.bottom.token_ids)
+    for key in (top, bottom):
+        lists.setdefault(key, len(lists))
+    return [offset, compact_number(h.loss_effect), lists[top], compact_numbers(h.top.values),
+            lists[bottom], compact_numbers(h.bottom.values)]
+
+
+def _example_json(ex: Example, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
+    hovers = [_hover_json(k, h, tokens, lists) for k, h in enumerate(ex.hovers) if h is not None]
+    return [ex.seq, ex.pos, ex.start, [tokens.index[i] for i in ex.token_ids], compact_numbers(ex.acts), hovers]
+
+
+def feature_page_json(fd: FeatureData, dict_index: int, nav: tuple[int | None, int | None],
+                      texts: dict[int, str]) -> dict:
+    tokens = TokenIndex(_used_token_ids(fd), texts)
+    lists: dict[tuple, int] = {}
+    groups = [[_example_json(ex, tokens, lists) for ex in _group_examples(g)] for g in example_groups(fd)]
+    return {
+        "v": SCHEMA_VERSION,
+        "dictionary": dict_index,
+        "feature": fd.feature,
+        "max_act": compact_number(fd.max_act),
+        "nav": list(nav),
+        "tokens": tokens.texts,
+        "act_hist": [compact_numbers(fd.act_histogram.edges), fd.act_histogram.counts],
+        "logit_hist": [compact_numbers(fd.logit_histogram.edges), fd.logit_histogram.counts],
+        "lists": [list(k) for k in lists],
+        "groups": groups,
+    }
+
+
+@dataclass
+class TableRow:
+    id: int
+    href: str | None  # a link to the feature's page when it is built
+    value: float
+    extra: float | None
+
+
+@dataclass
+class RankedTable:
+    key: str
+    title: str
+    caption: str
+    id_label: str
+    value_label: str
+    extra_label: str | None
+    rows: list[TableRow]
+
+
+@dataclass
+class GroupHeading:
+    kind: str  # "top" | "interval" | "negative"
+    lower: float | None
+    upper: float | None
+    fraction: float | None
+    n_examples: int
+
+
+def _ranked_table(spec: tuple, ranked: Ranked, built: set[int]) -> RankedTable:
+    key, title, caption, id_label, value_label, extra_label, are_features = spec
+    has_extra = extra_label is not None and len(ranked.extra) == len(ranked.ids)
+    rows = [
+        TableRow(i, f"{i}.html" if are_features and i in built else None, v,
+                 ranked.extra[n] if has_extra else None)
+        for n, (i, v) in enumerate(zip(ranked.ids, ranked.values))
+    ]
+    return RankedTable(key, title, caption, id_label, value_label, extra_label if has_extra else None, rows)
+
+
+def _group_heading(fd: FeatureData, group: IntervalGroup | list[Example]) -> GroupHeading:
+    if not isinstance(group, IntervalGroup):
+        return GroupHeading("top", None, None, None, len(group))
+    kind = "negative" if group is fd.negative else "interval"
+    return GroupHeading(kind, group.lower, group.upper, group.fraction, len(group.examples))
+
+
+def feature_page_context(fd: FeatureData, summary: DictionarySummary, built: set[int],
+                         texts: dict[int, str], note_html: str | None) -> dict:
+    def token_rows(ids: list[int], values: list[float]) -> list[tuple[str, float]]:
+        return [(token_text(texts, i), v) for i, v in zip(ids, values)]
+
+    return {
+        "fd": fd,
+        "summary": summary,
+        "layer": hook_layer(summary.hook_name),
+        "note_html": note_html,
+        "tables": [_ranked_table(spec, getattr(fd, spec[0]), built) for spec in RANKED_TABLES],
+        "logit_top": token_rows(fd.logit_top.token_ids, fd.logit_top.values),
+        "logit_bottom": token_rows(fd.logit_bottom.token_ids, fd.logit_bottom.values),
+        "top_tokens": token_rows(fd.top_tokens.token_ids, fd.top_tokens.values),
+        "groups": [_group_heading(fd, g) for g in example_groups(fd)],
+    }
