@@ -173,3 +173,18 @@ def test_debug_flag_shows_traceback(monkeypatch, capsys, tiny_config):
 def test_project_writer_round_trip(tmp_path):
     path = write_project(tmp_path, architecture="jumprelu", neurons=False)
     assert yaml.safe_load(path.read_text())["dictionaries"] == [{"name": "sae", "kind": "sae", "path": "sae"}]
+
+
+def test_hub_model_fails_fast_offline(monkeypatch, capsys, tiny_config):
+    edit(tiny_config, lambda c: c["model"].update(name="gpt2"))
+    line = expect_error(monkeypatch, capsys, tiny_config, "model.name", "cannot load 'gpt2'")
+    assert "unreachable" in line
+
+
+def test_cuda_requested_without_gpu(monkeypatch, capsys, tiny_config):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    edit(tiny_config, lambda c: c["model"].update(device="cuda"))
+    expect_error(monkeypatch, capsys, tiny_config, "model.device", "no CUDA device")

