@@ -14,10 +14,14 @@ JSON schema (``v`` 1)::
      "act_hist": [[edges...], [counts...]],           # over non-zero activations
      "logit_hist": [[edges...], [counts...]],         # over the vocabulary
      "lists": [[<token index>, ...], ...],            # distinct hover token lists
-     "groups": [[<example>, ...], ...]}               # top, intervals..., negative
-    example = [seq, pos, start, [<token index>...], [<activation>...], [<hover>...]]
-    hover   = [offset in window, loss effect, <list index> of the top tokens,
-               [top log-prob changes], <list index> of the bottom tokens, [bottom changes]]
+     "groups": [[<example>, ...], ...]}               # top, intervals (highest first), negative
+    example = [seq, pos, start, [<token index>...], [<active>...]]
+    active  = [offset in window, activation]                 # non-zero, no hover
+            | [offset, activation, loss effect, <list index> of the top tokens,
+               <top log-prob changes>..., <list index> of the bottom tokens,
+               <bottom log-prob changes>...]                  # with a hover
+    (flat: each run of changes is as long as its token list; tokens not listed
+    in an example's actives have activation 0 and no hover)
 """
 
 from __future__ import annotations
@@ -67,8 +71,9 @@ class TokenIndex:
 
 
 def example_groups(fd: FeatureData) -> list[IntervalGroup | list[Example]]:
-    """Top examples, then each interval group, then the negative group when present."""
-    return [fd.top_examples, *fd.intervals, *([fd.negative] if fd.negative else [])]
+    """Top examples, the interval groups from the highest, then the negative group when present."""
+    intervals = sorted(fd.intervals, key=lambda g: -g.upper)
+    return [fd.top_examples, *intervals, *([fd.negative] if fd.negative else [])]
 
 
 def _group_examples(group: IntervalGroup | list[Example]) -> list[Example]:
@@ -87,18 +92,23 @@ def _used_token_ids(fd: FeatureData) -> Counter:
     return used
 
 
-def _hover_json(offset: int, h: Hover, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
+def _hover_fields(h: Hover, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
+    if len(h.top.token_ids) != len(h.top.values) or len(h.bottom.token_ids) != len(h.bottom.values):
+        raise SitegenError("feature cache: a hover's token ids and values differ in length; rebuild the cache")
     top = tuple(tokens.index[i] for i in h.top.token_ids)
     bottom = tuple(tokens.index[i] for i in h.bottom.token_ids)
     for key in (top, bottom):
         lists.setdefault(key, len(lists))
-    return [offset, compact_number(h.loss_effect), lists[top], compact_numbers(h.top.values),
-            lists[bottom], compact_numbers(h.bottom.values)]
+    return [compact_number(h.loss_effect), lists[top], *compact_numbers(h.top.values),
+            lists[bottom], *compact_numbers(h.bottom.values)]
 
 
 def _example_json(ex: Example, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
-    hovers = [_hover_json(k, h, tokens, lists) for k, h in enumerate(ex.hovers) if h is not None]
-    return [ex.seq, ex.pos, ex.start, [tokens.index[i] for i in ex.token_ids], compact_numbers(ex.acts), hovers]
+    active = [
+        [k, compact_number(a), *([] if h is None else _hover_fields(h, tokens, lists))]
+        for k, (a, h) in enumerate(zip(ex.acts, ex.hovers)) if a != 0 or h is not None
+    ]
+    return [ex.seq, ex.pos, ex.start, [tokens.index[i] for i in ex.token_ids], active]
 
 
 def feature_page_json(fd: FeatureData, dict_index: int, nav: tuple[int | None, int | None],
