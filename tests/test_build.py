@@ -53,7 +53,7 @@ def test_rebuild_reuses_cache_and_detects_stale_inputs(monkeypatch, capsys, tmp_
     cache = config.parent / ".sitegen-cache"
     before = {p: p.stat().st_mtime_ns for p in cache.glob("features/*/*.json")}
     err = build(monkeypatch, capsys, config)
-    assert "reused" in err
+    assert "reusing" in err
     assert {p: p.stat().st_mtime_ns for p in cache.glob("features/*/*.json")} == before
     cfg = yaml.safe_load(config.read_text())
     cfg["features"]["top_examples"] = 4
@@ -80,7 +80,7 @@ def test_sigkill_midway_then_resume_is_byte_identical(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in done}
     result = subprocess.run([*SITEGEN, "build", "--config", str(killed)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "reused" in result.stderr
+    assert "reusing" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in done} == stamps, "finished batches must not be recomputed"
     subprocess.run([*SITEGEN, "build", "--config", str(clean)], check=True, capture_output=True)
     assert tree(killed.parent / "site") == tree(clean.parent / "site")

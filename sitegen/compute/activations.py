@@ -1,0 +1,128 @@
+"""The one pass of the model over the dataset: capture the hook activations the
+dictionaries read (and the residual streams the effects need), in memory or, over
+``features.activation_cache_mb``, in on-disk memmaps that are deleted afterwards."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformer_lens import HookedTransformer
+
+from sitegen.errors import SitegenError
+
+MEMMAP_DIR = "activations.tmp"  # under the cache folder, removed by ``ActivationCache.close``
+BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+EMBED_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+
+
+def final_resid_hook(model: HookedTransformer) -> str:
+    """The residual stream the final norm reads."""
+    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+
+
+def source_hook(hook_name: str) -> str:
+    """The hook that sees the same tensor earliest: block L's input is block L-1's output."""
+    if (m := RESID_PRE.match(hook_name)) and int(m.group(1)) > 0:
+        return f"blocks.{int(m.group(1)) - 1}.hook_resid_post"
+    return hook_name
+
+
+def stop_layer(hook_name: str) -> int | None:
+    """``stop_at_layer`` that still fires ``hook_name`` (None: run the whole model)."""
+    if m := BLOCK_HOOK.match(hook_name):
+        return int(m.group(1)) + 1
+    if hook_name in EMBED_HOOKS:
+        return 0
+    return None
+
+
+def start_layer(hook_name: str) -> int | None:
+    """``start_at_layer`` for a re-run that still fires ``hook_name`` (None: from the tokens)."""
+    m = BLOCK_HOOK.match(hook_name)
+    return int(m.group(1)) if m else None
+
+
+@dataclass
+class ActivationCache:
+    """Captured activations, flattened over (sequence, position): ``acts[name]`` is [n_tok, width]."""
+
+    acts: dict[str, torch.Tensor]
+    folder: Path | None  # memmap folder, or None when in memory
+    model_passes: int = 0
+    seconds: float = 0.0
+    _arrays: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        self.acts.clear()
+        self._arrays.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def remove_stale_memmaps(cache_dir: Path) -> None:
+    """A killed build may leave its memmaps behind."""
+    shutil.rmtree(cache_dir / MEMMAP_DIR, ignore_errors=True)
+
+
+def _buffers(widths: dict[str, int], n_tok: int, budget_mb: int, cache_dir: Path) -> ActivationCache:
+    total = n_tok * sum(widths.values()) * 4
+    if total <= budget_mb * 2**20:
+        return ActivationCache({n: torch.empty(n_tok, w) for n, w in widths.items()}, None)
+    folder = cache_dir / MEMMAP_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = ActivationCache({}, folder)
+    try:
+        for i, (name, width) in enumerate(widths.items()):
+            arr = np.lib.format.open_memmap(folder / f"{i}.npy", mode="w+", dtype=np.float32, shape=(n_tok, width))
+            cache._arrays.append(arr)
+            cache.acts[name] = torch.from_numpy(arr)
+    except OSError as err:
+        cache.close()
+        raise SitegenError(f"{folder}: cannot create the activation memmap ({err.strerror or err})") from None
+    return cache
+
+
+@torch.no_grad()
+def capture_activations(
+    model: HookedTransformer,
+    tokens: torch.Tensor,  # [n_seq, ctx]
+    widths: dict[str, int],  # hook name -> width of its last dimension(s), flattened
+    batch_size: int,
+    budget_mb: int,
+    cache_dir: Path,
+    progress: bool,
+) -> ActivationCache:
+    """Run the model once over ``tokens``, stopping after the deepest hook needed."""
+    start = time.perf_counter()
+    n_seq, ctx = tokens.shape
+    sources = {name: source_hook(name) for name in widths}
+    cache = _buffers({sources[name]: w for name, w in widths.items()}, n_seq * ctx, budget_mb, cache_dir)
+    stops = [stop_layer(name) for name in cache.acts]
+    stop = None if None in stops else max(stops)
+    device = model.cfg.device
+    rows = slice(0, 0)
+
+    def keep(act: torch.Tensor, hook) -> None:
+        cache.acts[hook.name][rows] = act.detach().reshape(rows.stop - rows.start, -1).float().cpu()
+
+    try:
+        with model.hooks(fwd_hooks=[(name, keep) for name in list(cache.acts)]):
+            for s in tqdm(range(0, n_seq, batch_size), desc="model pass", unit="batch", disable=not progress):
+                chunk = tokens[s : s + batch_size]
+                rows = slice(s * ctx, (s + len(chunk)) * ctx)
+                model(chunk.to(device), stop_at_layer=stop, return_type=None)
+    except BaseException:
+        cache.close()
+        raise
+    cache.acts.update({name: cache.acts[source] for name, source in sources.items()})
+    cache.model_passes = 1
+    cache.seconds = time.perf_counter() - start
+    return cache

@@ -1,0 +1,119 @@
+"""One feature batch of one dictionary -> its FeatureData list.
+
+A batch's content depends only on the dictionary, the data and the feature ids in
+it (every whole-dictionary quantity comes from the dictionary's activation store,
+every random draw from a per-feature seed), so batches can be built in any order,
+in any process, and come out byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from transformer_lens import HookedTransformer
+
+from sitegen.compute.assemble import FeatureTensors, features_from_tensors
+from sitegen.compute.correlations import correlated, decoder_neighbours, neuron_alignment
+from sitegen.compute.effects import (
+    HoverTable,
+    NormConvention,
+    direct_hovers,
+    exact_hovers,
+    logit_directions,
+)
+from sitegen.compute.examples import lookup, select_examples, windows
+from sitegen.compute.stats import batch_stats, dense_histograms, row_histograms
+from sitegen.compute.store import BatchEntries, NeuronActs, SparseActs
+from sitegen.config import FeaturesConfig
+from sitegen.sources.dictionaries import Dictionary
+
+
+@dataclass
+class DictionaryContext:
+    """Everything the batches of one dictionary share."""
+
+    index: int
+    d: Dictionary
+    acts: SparseActs | NeuronActs
+    decoder: torch.Tensor  # [d_sae, d_in]
+    directions: torch.Tensor | None  # [d_sae, d_model] residual directions
+    effects: str  # "direct" | "exact" | "none", as this dictionary supports
+    norm: NormConvention
+    final: torch.Tensor | None  # [n_tok, d_model] clean final residuals (effects on)
+    start: torch.Tensor | None  # [n_seq, ctx, d_model] residual entering the hook's layer (exact)
+    seed: int
+
+
+def feature_seed(seed: int, dict_index: int, feature: int) -> int:
+    """Seed of one feature's random draws: a hash of (config seed, dictionary, feature)."""
+    digest = hashlib.blake2b(f"{seed}:{dict_index}:{feature}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@torch.no_grad()
+def build_batch(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesConfig, ctx: DictionaryContext,
+                ids: list[int]) -> list:
+    """FeatureData of the features ``ids`` (ascending) of one dictionary."""
+    n_seq, n_ctx = tokens.shape
+    n_tok, n_rows = n_seq * n_ctx, len(ids)
+    idx = torch.tensor(ids, dtype=torch.int64)
+    ent = ctx.acts.entries(idx)
+    st = batch_stats(ent, n_rows)
+    edges, counts = row_histograms(ent.rows, ent.val, n_rows, st.min_nonzero, st.max_nonzero, cfg.histogram_bins)
+    seeds = [feature_seed(ctx.seed, ctx.index, f) for f in ids]
+    flat_tokens = tokens.reshape(-1)
+    sel = select_examples(ent, st, cfg, seeds, flat_tokens, ctx.d.can_be_negative)
+    win = windows(sel, ent, tokens, cfg)
+    # hovers: every shown non-zero activation with a next token
+    valid = torch.arange(win.flat.shape[1]) < win.length[:, None]
+    need = valid & (win.acts != 0) & (win.flat % n_ctx < n_ctx - 1) & (ctx.effects != "none")
+    pair_keys, inverse = torch.unique((sel.row[:, None] * n_tok + win.flat)[need], return_inverse=True)
+    hover_of = torch.full(win.flat.shape, -1, dtype=torch.int64)
+    hover_of[need] = inverse  # pairs sorted by (row, position)
+    pair_rows, pair_flat = pair_keys // n_tok, pair_keys % n_tok
+    pair_act = torch.zeros(len(pair_keys)).index_put_((inverse,), win.acts[need])
+    u = logit_directions(model, ctx.norm, ctx.directions[idx]) if ctx.directions is not None else None
+    hovers = batch_hovers(model, cfg, ctx, ent, idx, u, pair_rows, pair_flat, pair_act, flat_tokens, n_ctx)
+    gram, hook_sums = ctx.acts.correlation_sums(idx, ent)
+    acts = ctx.acts
+    neurons = ctx.d.kind == "neurons"
+    sx, sxx = acts.sx[idx], acts.sxx[idx]
+    return features_from_tensors(FeatureTensors(
+        dictionary=ctx.d.name, ids=ids, can_be_negative=ctx.d.can_be_negative, stats=st,
+        n_tokens=ent.n_tokens, n_nonfinite=ent.n_nonfinite, hist_edges=edges, hist_counts=counts,
+        sel=sel, win=win, hover_of=hover_of, hovers=hovers,
+        logits=u, logit_top=cfg.logit_top, logit_hist=None if u is None else dense_histograms(u, cfg.logit_histogram_bins),
+        alignment=neuron_alignment(ctx.decoder[idx], cfg.n_related),
+        corr_neurons=correlated(acts.n_clean, hook_sums, sx, sxx, acts.sh, acts.shh, cfg.n_related,
+                                idx if neurons else None, with_cosine=True),
+        corr_features=correlated(acts.n_clean, gram, sx, sxx, acts.sx, acts.sxx, cfg.n_related, idx, False),
+        neighbours=decoder_neighbours(ctx.decoder, idx, cfg.n_neighbours),
+        n_intervals=cfg.n_intervals, n_ctx=n_ctx,
+    ))
+
+
+def batch_hovers(model: HookedTransformer, cfg: FeaturesConfig, ctx: DictionaryContext, ent: BatchEntries,
+                 idx: torch.Tensor, u: torch.Tensor | None, rows: torch.Tensor, flat: torch.Tensor,
+                 act: torch.Tensor, flat_tokens: torch.Tensor, n_ctx: int) -> HoverTable | None:
+    """Hover tables of the pairs (row, flat position), in pair order; None when effects are off."""
+    next_tok = flat_tokens[flat + 1]
+    if ctx.effects == "direct":
+        order = torch.argsort(flat * len(idx) + rows)  # by position: clean logits shared
+        table = direct_hovers(model, ctx.norm, ctx.final, u, rows[order], flat[order], act[order],
+                              next_tok[order], cfg.hover_top)
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order))
+        return HoverTable(*(getattr(table, f)[back] for f in HoverTable.__dataclass_fields__))
+    if ctx.effects == "exact":
+        seq = flat // n_ctx
+        run_keys, pair_run = torch.unique_consecutive(rows * (len(flat_tokens) // n_ctx) + seq, return_inverse=True)
+        n_seq = len(flat_tokens) // n_ctx
+        run_rows, run_seq = run_keys // n_seq, run_keys % n_seq
+        positions = run_seq[:, None] * n_ctx + torch.arange(n_ctx)  # [r, ctx]
+        run_acts = lookup(ent, len(flat_tokens), run_rows[:, None].expand_as(positions), positions)
+        return exact_hovers(model, ctx.d.hook_name, ctx.start, flat_tokens.view(-1, n_ctx), ctx.final, run_seq,
+                            run_acts, ctx.decoder[idx[run_rows]], pair_run, flat % n_ctx, next_tok,
+                            cfg.hover_top, cfg.token_batch_size)
+    return None

@@ -1,0 +1,202 @@
+"""What a feature does to the next-token prediction.
+
+- Logit effects: u = (r' * w) @ W_U, with r the feature's residual direction, r' = r
+  mean-centred where the final norm is a LayerNorm (it removes the mean anyway),
+  w the final norm's weight; the norm's scale is left out (as sae_vis).
+- Hovers, ``direct``: removing the feature at position p changes the final residual
+  by -a*r; with the final norm's scale frozen at its clean value s_p the logits move
+  by -(a / s_p) * u exactly (before any logit soft-cap, which is then applied).
+- Hovers, ``exact``: the model is re-run from the hook's layer with a*decoder[f]
+  subtracted at the hook at every counted position of the sequence (the SAE error
+  term is kept), and the final norm and unembedding are recomputed.
+Each hover reports log-prob changes (removed - clean) and the next-token loss change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformer_lens import HookedTransformer
+from transformer_lens.utilities.activation_functions import apply_softcap, softcap_enabled
+
+from sitegen.compute.activations import start_layer
+
+CHUNK_ELEMENTS = 1 << 23  # [rows, d_vocab] elements per hover chunk
+
+
+@dataclass
+class NormConvention:
+    centre: bool  # LayerNorm: mean-centre directions
+    weight: torch.Tensor | None  # [d_model] final norm weight, None for none
+    rms: bool  # the scale is an RMS (no centring)
+    present: bool  # the model has a final norm at all
+
+    def note(self, effects: str, has_directions: bool) -> str:
+        if effects == "exact":
+            return ("hovers: exact re-run with the feature removed at every counted position of the sequence "
+                    "(SAE error kept, final norm recomputed); logit effects: " + self._direct())
+        if not has_directions:
+            return "no logit effects or hovers: the hook is not linearly tied to the residual stream"
+        if effects == "none":
+            return "logit effects: " + self._direct() + "; hovers off (features.effects: none)"
+        frozen = "final-norm scale frozen at its clean value (as sae_vis)" if self.present else "no final norm"
+        return "logit effects and hovers: " + self._direct() + f"; hovers: {frozen}"
+
+    def _direct(self) -> str:
+        if not self.present:
+            return "decoder direction \u00b7 W_U (no final norm)"
+        centred = "mean-centred " if self.centre else ""
+        weight = " \u00b7 diag(ln_final.w)" if self.weight is not None else ""
+        return f"{centred}decoder direction{weight} \u00b7 W_U, final-norm scale ignored"
+
+
+def norm_convention(model: HookedTransformer) -> NormConvention:
+    kind = model.cfg.normalization_type
+    if kind is None:
+        return NormConvention(False, None, False, False)
+    weight = getattr(model.ln_final, "w", None)
+    weight = None if weight is None else weight.detach().float()
+    return NormConvention(kind in ("LN", "LNPre"), weight, kind in ("RMS", "RMSPre"), True)
+
+
+@torch.no_grad()
+def logit_directions(model: HookedTransformer, norm: NormConvention, dirs: torch.Tensor) -> torch.Tensor:
+    """[B, d_vocab] float32: each residual direction ([B, d_model]) through the unembedding."""
+    r = dirs.float().to(model.cfg.device)
+    if norm.centre:
+        r = r - r.mean(1, keepdim=True)
+    if norm.weight is not None:
+        r = r * norm.weight
+    return (r @ model.W_U.float()).cpu()
+
+
+@dataclass
+class HoverTable:
+    loss: torch.Tensor  # [h] float32: next-token loss change when the feature is removed
+    top_ids: torch.Tensor  # [h, k] largest log-prob increases
+    top_vals: torch.Tensor  # [h, k]
+    bottom_ids: torch.Tensor  # [h, k] largest decreases, most negative first
+    bottom_vals: torch.Tensor  # [h, k]
+    ok: torch.Tensor  # [h] bool: all finite
+
+
+def empty_table(n: int, k: int) -> HoverTable:
+    z = torch.zeros(n, k)
+    i = torch.zeros(n, k, dtype=torch.int64)
+    return HoverTable(torch.zeros(n), i, z, i.clone(), z.clone(), torch.zeros(n, dtype=torch.bool))
+
+
+def hover_rows(clean_lp: torch.Tensor, new: torch.Tensor, next_tok: torch.Tensor, k: int) -> HoverTable:
+    """Compare clean log-probs with the logits after removal ([h, V] each, soft-cap applied)."""
+    delta = torch.log_softmax(new.float(), 1) - clean_lp  # [h, V]
+    k = min(k, delta.shape[1])
+    top = torch.topk(delta, k, dim=1)
+    bottom = torch.topk(delta, k, dim=1, largest=False)
+    loss = -delta.gather(1, next_tok[:, None]).squeeze(1)
+    ok = torch.isfinite(loss) & torch.isfinite(top.values).all(1) & torch.isfinite(bottom.values).all(1)
+    return HoverTable(loss.cpu(), top.indices.cpu(), top.values.cpu(), bottom.indices.cpu(), bottom.values.cpu(), ok.cpu())
+
+
+def cat_tables(parts: list[HoverTable], k: int) -> HoverTable:
+    if not parts:
+        return empty_table(0, k)
+    return HoverTable(*(torch.cat([getattr(p, f) for p in parts]) for f in HoverTable.__dataclass_fields__))
+
+
+def final_logits(model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor:
+    """[n, V]: the model's own final norm, unembedding and soft-cap on final residuals [n, d_model]."""
+    x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
+    return apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)
+
+
+def frozen_scale(norm: NormConvention, resid: torch.Tensor, eps: float) -> torch.Tensor:
+    """[n] the final norm's scale at each clean residual (1 without a norm)."""
+    if not norm.present:
+        return torch.ones(len(resid), device=resid.device)
+    x = resid.float()
+    if not norm.rms:
+        x = x - x.mean(1, keepdim=True)
+    return (x.pow(2).mean(1) + eps).sqrt()
+
+
+def rows_per_chunk(d_vocab: int) -> int:
+    return max(1, CHUNK_ELEMENTS // d_vocab)
+
+
+@torch.no_grad()
+def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.Tensor, u: torch.Tensor,
+                  rows: torch.Tensor, flat: torch.Tensor, acts: torch.Tensor, next_tok: torch.Tensor,
+                  k: int) -> HoverTable:
+    """Hovers for pairs (feature row, flat position, activation), sorted by position.
+    ``final``: [n_tok, d_model] clean final residuals; ``u``: [B, V] logit directions.
+    Clean logits are computed once per position, for chunks of positions.
+
+    Without a soft-cap, removal shifts every log-prob by -c*u_v - dLSE (c = a / s_p), so the
+    top and bottom tokens are u's extremes and only dLSE needs the whole vocabulary."""
+    device, step = model.cfg.device, rows_per_chunk(u.shape[1])
+    cap = model.cfg.output_logits_soft_cap
+    k = min(k, u.shape[1])
+    u = u.to(device)
+    u_high, u_low = torch.topk(u, k, dim=1).indices, torch.topk(u, k, dim=1, largest=False).indices  # [B, k]
+    where, inv = torch.unique_consecutive(flat, return_inverse=True)
+    parts = []
+    for p in range(0, len(where), step):
+        resid = final[where[p : p + step]].to(device)  # [p, d_model]
+        pre = model.unembed(model.ln_final(resid) if norm.present else resid).float()  # [p, V] before any cap
+        scale = frozen_scale(norm, resid, model.cfg.eps)
+        clean_lp = torch.log_softmax(apply_softcap(pre, cap), 1) if softcap_enabled(cap) else None
+        clean_lse = torch.logsumexp(pre, 1)
+        lo, hi = torch.searchsorted(inv, torch.tensor([p, p + step])).tolist()
+        for s in range(lo, hi, step):
+            q = slice(s, min(hi, s + step))
+            at, r, nxt = inv[q] - p, rows[q].to(device), next_tok[q].to(device)
+            coef = (acts[q].to(device) / scale[at])[:, None]  # [h, 1]
+            new = pre[at] - coef * u[r]  # [h, V]
+            if clean_lp is not None:
+                parts.append(hover_rows(clean_lp[at], apply_softcap(new, cap), nxt, k))
+                continue
+            shift = torch.logsumexp(new, 1, keepdim=True) - clean_lse[at, None]  # [h, 1]
+            up = torch.where(coef > 0, u_low[r], u_high[r])  # largest log-prob increases first
+            down = torch.where(coef > 0, u_high[r], u_low[r])
+            top = -coef * u[r].gather(1, up) - shift
+            bottom = -coef * u[r].gather(1, down) - shift
+            loss = (coef * u[r].gather(1, nxt[:, None]) + shift).squeeze(1)
+            ok = torch.isfinite(loss) & torch.isfinite(top).all(1) & torch.isfinite(bottom).all(1)
+            parts.append(HoverTable(loss.cpu(), up.cpu(), top.cpu(), down.cpu(), bottom.cpu(), ok.cpu()))
+    return cat_tables(parts, k)
+
+
+@torch.no_grad()
+def exact_hovers(model: HookedTransformer, hook_name: str, start: torch.Tensor | None, tokens: torch.Tensor,
+                 final: torch.Tensor, runs_seq: torch.Tensor, runs_acts: torch.Tensor, runs_dec: torch.Tensor,
+                 pair_run: torch.Tensor, pair_pos: torch.Tensor, next_tok: torch.Tensor, k: int,
+                 batch_size: int) -> HoverTable:
+    """Re-run each (sequence, feature) with the feature removed at the hook.
+
+    runs_seq [r]: sequence of each run; runs_acts [r, ctx]: the counted activations removed;
+    runs_dec [r, d_in]: decoder rows; pairs (run, position) sorted by run are the hovers.
+    ``start``: [n_seq, ctx, d_model] residual entering the hook's layer, or None (from the tokens)."""
+    device, ctx = model.cfg.device, tokens.shape[1]
+    layer = start_layer(hook_name) if start is not None else None
+    step = rows_per_chunk(model.cfg.d_vocab)
+    parts = []
+    delta = torch.zeros(0)
+
+    def remove(act: torch.Tensor, hook) -> torch.Tensor:
+        return act - delta.view(act.shape).to(act.dtype)
+
+    for s in range(0, len(runs_seq), batch_size):
+        seqs = runs_seq[s : s + batch_size]
+        delta = (runs_acts[s : s + batch_size, :, None] * runs_dec[s : s + batch_size, None, :]).to(device)
+        x = tokens[seqs] if layer is None else start[seqs]
+        with model.hooks(fwd_hooks=[(hook_name, remove)]):
+            out = model(x.to(device), start_at_layer=layer, stop_at_layer=model.cfg.n_layers)  # [c, ctx, d_model]
+        lo, hi = torch.searchsorted(pair_run, torch.tensor([s, s + len(seqs)])).tolist()
+        for p in range(lo, hi, step):
+            q = slice(p, min(hi, p + step))
+            run = pair_run[q]
+            new = final_logits(model, out[run - s, pair_pos[q]])
+            clean = final_logits(model, final[runs_seq[run] * ctx + pair_pos[q]].to(device))
+            parts.append(hover_rows(torch.log_softmax(clean.float(), 1), new, next_tok[q].to(device), k))
+    return cat_tables(parts, k)

@@ -1,0 +1,194 @@
+"""build_feature_cache: every feature of every dictionary -> the on-disk cache.
+
+Steps: check the old cache (reuse it, or say why it is stale and drop it); write
+the manifest with ``complete: false``; run the model once over the dataset for the
+hooks of the dictionaries with missing batches; per dictionary, encode all tokens
+once into an activation store, then build and atomically write each missing batch;
+finally ``tokens.json`` and the manifest with ``complete: true``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sitegen.compute.activations import (
+    ActivationCache,
+    capture_activations,
+    final_resid_hook,
+    remove_stale_memmaps,
+    start_layer,
+)
+from sitegen.compute.batch import DictionaryContext, build_batch
+from sitegen.compute.cache import batch_path, feature_dict, read_json, write_json
+from sitegen.compute.effects import NormConvention, norm_convention
+from sitegen.compute.feature_data import DictionarySummary
+from sitegen.compute.manifest import manifest_head, stale_reason
+from sitegen.compute.store import NeuronActs, SparseActs
+from sitegen.errors import SitegenError
+from sitegen.sources import Sources
+from sitegen.sources.dictionaries import Dictionary
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def batches_of(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def dictionary_effects(d: Dictionary, effects: str, directions: torch.Tensor | None) -> str:
+    return "none" if effects == "direct" and directions is None else effects
+
+
+def summaries_of(src: Sources, norm: NormConvention, directions: list) -> list[DictionarySummary]:
+    out = []
+    for d, dirs in zip(src.dictionaries, directions):
+        effects = dictionary_effects(d, src.config.features.effects, dirs)
+        out.append(DictionarySummary(d.name, d.kind, d.hook_name, d.d_in, d.d_sae, list(d.feature_ids), effects,
+                                     norm.note(effects, dirs is not None)))
+    return out
+
+
+def clear_cache(cache_dir: Path) -> None:
+    shutil.rmtree(cache_dir / "features", ignore_errors=True)
+    for name in ("tokens.json", "manifest.json"):
+        (cache_dir / name).unlink(missing_ok=True)
+
+
+def remove_partial_files(cache_dir: Path) -> None:
+    """Temp files of writes a killed build did not finish."""
+    for tmp in cache_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def referenced_tokens(fd: dict) -> set[int]:
+    """Token ids a FeatureData (as a dict) shows anywhere."""
+    ids = set(fd["top_tokens"]["token_ids"]) | set(fd["logit_top"]["token_ids"]) | set(fd["logit_bottom"]["token_ids"])
+    groups = [fd["top_examples"]] + [g["examples"] for g in fd["intervals"]]
+    if fd["negative"] is not None:
+        groups.append(fd["negative"]["examples"])
+    for examples in groups:
+        for ex in examples:
+            ids.update(ex["token_ids"])
+            for h in ex["hovers"]:
+                if h is not None:
+                    ids.update(h["top"]["token_ids"])
+                    ids.update(h["bottom"]["token_ids"])
+    return ids
+
+
+def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path, progress: bool) -> ActivationCache:
+    """One model pass capturing what the dictionaries with missing batches need."""
+    model, fc = src.model, src.config.features
+    widths: dict[str, int] = {}
+    for i in todo:
+        d = src.dictionaries[i]
+        widths[d.hook_name] = d.d_in
+        effects = dictionary_effects(d, fc.effects, directions[i])
+        if effects != "none":
+            widths[final_resid_hook(model)] = model.cfg.d_model
+        if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
+            widths[f"blocks.{layer}.hook_resid_pre"] = model.cfg.d_model
+    return capture_activations(model, src.data.tokens, widths, fc.token_batch_size, fc.activation_cache_mb,
+                               cache_dir, progress)
+
+
+def context_for(src: Sources, i: int, cache: ActivationCache, norm: NormConvention, directions,
+                progress: bool) -> DictionaryContext:
+    d, model, data = src.dictionaries[i], src.model, src.data
+    counted = ~data.ignore.reshape(-1)
+    hook = cache.acts[d.hook_name]
+    acts = NeuronActs(d, hook, counted) if d.kind == "neurons" else SparseActs(d, hook, counted, progress)
+    effects = dictionary_effects(d, src.config.features.effects, directions)
+    final = cache.acts.get(final_resid_hook(model)) if effects != "none" else None
+    start = None
+    if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
+        start = cache.acts[f"blocks.{layer}.hook_resid_pre"].view(*data.tokens.shape, model.cfg.d_model)
+    return DictionaryContext(i, d, acts, d.decoder().float().cpu(), None if directions is None else
+                             directions.float().cpu(), effects, norm, final, start, src.config.seed)
+
+
+def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True) -> dict:
+    """Compute one FeatureData per feature id of every dictionary into ``cache_dir``;
+    resumes from the batches a matching earlier build left. Returns the manifest, with
+    this run's ``model_passes``, ``reused_batches`` and ``seconds`` added to its stats."""
+    started = time.perf_counter()
+    src, fc = sources, sources.config.features
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_memmaps(cache_dir)
+    remove_partial_files(cache_dir)
+    norm = norm_convention(src.model)
+    directions = [d.residual_directions() for d in src.dictionaries]
+    plan = [batches_of(list(d.feature_ids), fc.feature_batch_size) for d in src.dictionaries]
+    head = manifest_head(src, summaries_of(src, norm, directions), [len(p) for p in plan])
+    if (cache_dir / "manifest.json").is_file():
+        old = read_json_or_none(cache_dir / "manifest.json")
+        reason = "unreadable manifest" if old is None else stale_reason(old, head)
+        if reason:
+            say(f"feature cache in {cache_dir.name}/ is stale ({reason}); recomputing")
+            clear_cache(cache_dir)
+    missing = {i: [b for b in range(len(p)) if not batch_path(cache_dir, i, b).is_file()] for i, p in enumerate(plan)}
+    total = sum(len(p) for p in plan)
+    reused = total - sum(len(m) for m in missing.values())
+    if reused:
+        say(f"reusing {reused} of {total} feature batches from an earlier build")
+    stats = {"n_tokens": int((~src.data.ignore).sum()), "n_sequences": len(src.data.tokens), "n_nonfinite": 0}
+    write_json(cache_dir / "manifest.json", {**head, "complete": False, "stats": stats})
+    seconds: dict[str, float] = {}
+    todo = [i for i, m in missing.items() if m]
+    model_passes = 0
+    tokens: set[int] = set()
+    n_nonfinite = 0
+    if todo:
+        cache = capture_for(src, todo, directions, cache_dir, progress)
+        model_passes, seconds["model pass"] = cache.model_passes, cache.seconds
+        try:
+            for i in todo:
+                t0 = time.perf_counter()
+                ctx = context_for(src, i, cache, norm, directions[i], progress)
+                seconds[f"encode {src.dictionaries[i].name}"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                for b in tqdm(missing[i], desc=f"features {src.dictionaries[i].name}", unit="batch",
+                              disable=not progress):
+                    dicts = [feature_dict(f) for f in build_batch(src.model, src.data.tokens, fc, ctx, plan[i][b])]
+                    write_json(batch_path(cache_dir, i, b), dicts)
+                    for fd in dicts:
+                        tokens |= referenced_tokens(fd)
+                        n_nonfinite += fd["n_nonfinite"]
+                seconds[f"features {src.dictionaries[i].name}"] = time.perf_counter() - t0
+                del ctx
+        finally:
+            cache.close()
+    t0 = time.perf_counter()
+    for i, p in enumerate(plan):
+        for b in set(range(len(p))) - set(missing[i]):
+            for fd in read_json(batch_path(cache_dir, i, b)):
+                tokens |= referenced_tokens(fd)
+                n_nonfinite += fd["n_nonfinite"]
+    ordered = sorted(tokens)
+    write_json(cache_dir / "tokens.json", {str(t): s for t, s in zip(ordered, src.token_texts(ordered))})
+    stats["n_nonfinite"] = n_nonfinite
+    manifest = {**head, "complete": True, "stats": stats}
+    write_json(cache_dir / "manifest.json", manifest)
+    seconds["finish"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+    if progress:
+        say("feature cache: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    return {**manifest, "stats": {**stats, "model_passes": model_passes, "reused_batches": reused,
+                                  "seconds": seconds}}
+
+
+def read_json_or_none(path: Path) -> dict | None:
+    try:
+        value = read_json(path)
+    except SitegenError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,189 @@
+"""A dictionary's activations over every token, and the sums correlations need.
+
+Counted activations: positions not in ``data.ignore`` whose activation is finite.
+NaN/inf activations are counted per feature (``n_nonfinite``) and left out.
+Correlations use the *clean* positions: counted, and with a finite hook vector
+and finite activations of every feature, so every pair of vectors is compared
+over the same positions.
+
+- ``SparseActs`` (SAEs): one full encode of all tokens, kept as the non-zero
+  entries (feature-major for per-feature work, token-major for the Gram rows).
+- ``NeuronActs`` (MLP neurons, an identity dictionary): the hook activations are
+  the activations; dense.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from sitegen.sources.dictionaries import Dictionary
+
+CHUNK_ELEMENTS = 1 << 24  # dense [tokens, features] elements per encode/matmul chunk
+
+
+@dataclass
+class BatchEntries:
+    """Counted non-zero activations of a feature batch, grouped by feature."""
+
+    rows: torch.Tensor  # [m] int64: index into the batch, ascending
+    tok: torch.Tensor  # [m] int64: flat token index (seq * ctx + pos), ascending within a row
+    val: torch.Tensor  # [m] float32
+    n_tokens: torch.Tensor  # [B] int64: counted positions per feature
+    n_nonfinite: torch.Tensor  # [B] int64: positions left out for a NaN/inf activation
+
+    def keys(self, n_tok: int) -> torch.Tensor:
+        """[m] int64 ascending: row * n_tok + tok, for lookups with searchsorted."""
+        return self.rows * n_tok + self.tok
+
+
+def segment_index(ptr: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated ranges ptr[i]:ptr[i+1] for i in ids -> (positions [m], row of each [m])."""
+    starts, lens = ptr[ids], ptr[ids + 1] - ptr[ids]
+    rows = torch.repeat_interleave(torch.arange(len(ids)), lens)
+    offsets = torch.cumsum(lens, 0) - lens
+    return torch.arange(int(lens.sum())) - offsets[rows] + starts[rows], rows
+
+
+def finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """[n] bool: rows of x with only finite values (the row sum test is exact but for overflow)."""
+    ok = torch.isfinite(x.sum(1))
+    if not bool(ok.all()):
+        bad = (~ok).nonzero().squeeze(1)
+        ok[bad] = torch.isfinite(x[bad]).all(1)
+    return ok
+
+
+def chunk_rows(width: int) -> int:
+    return max(64, CHUNK_ELEMENTS // max(width, 1))
+
+
+class SparseActs:
+    """All activations of an SAE, from one full encode, as non-zero entries; the sums over
+    hook dimensions are streamed in the same pass (token chunks in float32, added in float64)."""
+
+    def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, progress: bool):
+        start = time.perf_counter()
+        n_tok, d_sae, d_in = len(hook), d.d_sae, hook.shape[1]  # hook: [n_tok, d_in]; counted: [n_tok]
+        self.n_tok, self.d_sae = n_tok, d_sae
+        self.nonfinite = torch.zeros(d_sae, dtype=torch.int64)  # [d_sae]
+        self.clean = torch.zeros(n_tok, dtype=torch.bool)  # [n_tok]
+        self.hook_sums = torch.zeros(d_sae, d_in, dtype=torch.float64)  # sum of x_f * h over clean positions
+        self.sh = torch.zeros(d_in, dtype=torch.float64)  # sums over clean positions
+        self.shh = torch.zeros(d_in, dtype=torch.float64)
+        self.sx = torch.zeros(d_sae, dtype=torch.float64)
+        self.sxx = torch.zeros(d_sae, dtype=torch.float64)
+        toks, feats, vals = [], [], []
+        step = chunk_rows(d_sae)
+        for s in tqdm(range(0, n_tok, step), desc=f"encode {d.name}", unit="chunk", disable=not progress):
+            h = hook[s : s + step]  # [c, d_in]
+            acts = d.encode(h)  # [c, d_sae]
+            flat = acts.view(-1).nonzero().squeeze(1)  # token-major; NaN counts as non-zero
+            row, feat, val = flat // d_sae, flat % d_sae, acts.view(-1)[flat]
+            keep = counted[s : s + step]
+            bad = ~torch.isfinite(val)
+            clean = keep & finite_rows(h) & (torch.bincount(row[bad], minlength=len(h)) == 0)
+            self.clean[s : s + step] = clean
+            if not bool(keep.all()) or bool(bad.any()):
+                self.nonfinite += torch.bincount(feat[bad & keep[row]], minlength=d_sae)
+                use = keep[row] & ~bad
+                row, feat, val = row[use], feat[use], val[use]
+            on = clean[row]
+            rc, fc, vc = (row, feat, val) if bool(on.all()) else (row[on], feat[on], val[on])
+            self.hook_sums += (csr_rows(rc, fc, vc, len(h), d_sae).t() @ h).double()
+            self.sx += torch.bincount(fc, weights=vc.double(), minlength=d_sae)
+            self.sxx += torch.bincount(fc, weights=vc.double() ** 2, minlength=d_sae)
+            hc = h[clean].double()
+            self.sh += hc.sum(0)
+            self.shh += (hc * hc).sum(0)
+            toks.append(row + s)
+            feats.append(feat.int())
+            vals.append(val)
+        tok, feat, val = torch.cat(toks), torch.cat(feats), torch.cat(vals)
+        self.n_counted = int(counted.sum())
+        self.n_clean = int(self.clean.sum())
+        order = torch.argsort(feat, stable=True)
+        self.ptr = torch.zeros(d_sae + 1, dtype=torch.int64)  # feature-major segments
+        self.ptr[1:] = torch.cumsum(torch.bincount(feat, minlength=d_sae), 0)
+        self.csc_tok, self.csc_val = tok[order], val[order]
+        on = self.clean[tok]  # Gram rows: clean positions only, float64
+        if not bool(on.all()):
+            tok, feat, val = tok[on], feat[on], val[on]
+        self.matrix = csr_rows(tok, feat, val.double(), n_tok, d_sae)  # [n_tok, d_sae]
+        self.nnz = len(self.csc_val)
+        self.seconds = time.perf_counter() - start
+
+    def entries(self, ids: torch.Tensor) -> BatchEntries:
+        pos, rows = segment_index(self.ptr, ids)
+        n_nonfinite = self.nonfinite[ids]
+        return BatchEntries(rows, self.csc_tok[pos], self.csc_val[pos], self.n_counted - n_nonfinite, n_nonfinite)
+
+    def correlation_sums(self, ids: torch.Tensor, ent: BatchEntries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums over clean positions, float64: ([B, d_sae] of x_f * x_g, [B, d_in] of x_f * h)."""
+        on = self.clean[ent.tok]
+        x = csr_rows(ent.rows[on], ent.tok[on], ent.val[on].double(), len(ids), self.n_tok)  # [B, n_tok]
+        return torch.sparse.mm(x, self.matrix).to_dense(), self.hook_sums[ids]
+
+
+def csr_rows(rows: torch.Tensor, cols: torch.Tensor, val: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
+    """Sparse CSR [n_rows, n_cols] from entries sorted by row (int32 indices: faster products)."""
+    crow = torch.zeros(n_rows + 1, dtype=torch.int32)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols.int(), val, (n_rows, n_cols), check_invariants=False)
+
+
+class NeuronActs:
+    """MLP neurons: the hook activations themselves are the feature activations."""
+
+    def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor):
+        start = time.perf_counter()
+        self.d = d
+        self.hook = hook  # [n_tok, d_mlp]
+        self.n_tok, self.d_sae = len(hook), d.d_sae
+        self.counted = counted
+        self.n_counted = int(counted.sum())
+        self.clean = counted.clone()
+        step = chunk_rows(d.d_sae)
+        for s in range(0, self.n_tok, step):
+            self.clean[s : s + step] &= finite_rows(hook[s : s + step])
+        self.n_clean = int(self.clean.sum())
+        self.sh, self.shh = hook_moments(hook, self.clean)
+        self.sx, self.sxx = self.sh, self.shh
+        self.nnz = self.n_tok * self.d_sae
+        self.seconds = time.perf_counter() - start
+
+    def entries(self, ids: torch.Tensor) -> BatchEntries:
+        x = self.d.encode_subset(self.hook, ids).T  # [B, n_tok]
+        bad = ~torch.isfinite(x) & self.counted
+        n_nonfinite = bad.sum(1)
+        keep = self.counted & ~bad & (x != 0)
+        rows, tok = keep.nonzero().unbind(1)
+        return BatchEntries(rows, tok, x[rows, tok], self.n_counted - n_nonfinite, n_nonfinite)
+
+    def correlation_sums(self, ids: torch.Tensor, ent: BatchEntries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums over clean positions of x_f * x_g, float64 ([B, d_mlp]; features are hook dims)."""
+        out = torch.zeros(len(ids), self.d_sae, dtype=torch.float64)
+        step = chunk_rows(self.d_sae)
+        for s in range(0, self.n_tok, step):
+            h = torch.where(self.clean[s : s + step, None], self.hook[s : s + step], 0.0)  # [c, d_mlp]
+            out += (h[:, ids].T @ h).double()
+        return out, out
+
+
+def hook_moments(hook: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and sum of squares of each hook dimension over clean positions, float64."""
+    width = hook.shape[1]
+    sh = torch.zeros(width, dtype=torch.float64)
+    shh = torch.zeros(width, dtype=torch.float64)
+    step = chunk_rows(width)
+    for s in range(0, len(hook), step):
+        h = hook[s : s + step][clean[s : s + step]].double()
+        sh += h.sum(0)
+        shh += (h * h).sum(0)
+    return sh, shh

@@ -1,0 +1,95 @@
+"""``sitegen check SITE``: every internal link and asset of a built site resolves."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from sitegen.render.index_data import INDEX_DATA_PATH
+
+EXTERNAL_SCHEMES = {"http", "https", "mailto", "data"}
+INDEX_DATA_PREFIX = "window.SITEGEN_INDEX="
+
+
+class LinkParser(HTMLParser):
+    """Collects every href/src value and the text of the embedded JSON data."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.urls: list[str] = []
+        self.data_blocks: list[str] = []
+        self._in_data = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [v for k, v in attrs if k in ("href", "src") and v is not None]
+        self._in_data = tag == "script" and ("type", "application/json") in attrs
+        if self._in_data:
+            self.data_blocks.append("")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_data:
+            self.data_blocks[-1] += data
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_data = False
+
+
+def link_problem(site: Path, page: Path, url: str) -> str | None:
+    """Why ``url`` on ``page`` does not resolve to a file of the site, or None."""
+    where = page.relative_to(site).as_posix()
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "javascript":
+        return f"{where}: javascript: URL {url!r}"
+    if parts.scheme or parts.netloc:
+        return None if parts.scheme.lower() in EXTERNAL_SCHEMES or parts.netloc else f"{where}: unexpected URL {url!r}"
+    if parts.path.startswith("/"):
+        return f"{where}: absolute link {url!r} (breaks under a sub-path; links must be relative)"
+    if not parts.path:
+        return None
+    target = (page.parent / unquote(parts.path)).resolve()
+    if target != site and site not in target.parents:
+        return f"{where}: link {url!r} points outside the site"
+    if target.is_dir():
+        target = target / "index.html"
+    return None if target.is_file() else f"{where}: broken link {url!r} (no {target.relative_to(site).as_posix()})"
+
+
+def page_problems(site: Path, page: Path) -> list[str]:
+    parser = LinkParser()
+    parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+    parser.close()
+    problems = [p for url in parser.urls if (p := link_problem(site, page, url))]
+    for block in parser.data_blocks:
+        try:
+            json.loads(block)
+        except ValueError as err:
+            problems.append(f"{page.relative_to(site).as_posix()}: embedded page data is not valid JSON ({err})")
+    return problems
+
+
+def index_data_problems(site: Path) -> list[str]:
+    """Each row of the index data must have its feature page."""
+    path = site / INDEX_DATA_PATH
+    if not path.is_file():
+        return []  # index.html's <script src> reports it
+    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text.removeprefix(INDEX_DATA_PREFIX).removesuffix(";"))
+        rows = list(zip(data["d"], data["id"]))
+    except (ValueError, KeyError, TypeError) as err:
+        return [f"{INDEX_DATA_PATH}: unreadable index data ({err})"]
+    return [f"{INDEX_DATA_PATH}: lists feature {i} of dictionary {d} but features/{d}/{i}.html is missing"
+            for d, i in rows if not (site / "features" / str(d) / f"{i}.html").is_file()]
+
+
+def check_site(site_dir: Path) -> list[str]:
+    """Problems with a built site (empty when every link and asset resolves)."""
+    site = Path(site_dir).resolve()
+    if not site.is_dir():
+        return [f"{site_dir}: not a folder"]
+    problems = [] if (site / "index.html").is_file() else [f"{site_dir}: no index.html"]
+    for page in sorted(site.rglob("*.html")):
+        problems += page_problems(site, page)
+    return problems + index_data_problems(site)

@@ -1,0 +1,229 @@
+"""Feature cache + config -> a static site, written to a temporary folder next to
+the output and moved into place only when complete.
+
+Layout: ``index.html``, ``assets/index-data.js``, ``features/<dict index>/<id>.html``,
+``about.html``, ``<page>.html`` for each ``pages/*.md``, ``404.html``, ``.nojekyll``.
+Every page inlines the CSS (and its script), so a page works alone from file://.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from sitegen.compute.cache import dictionary_summaries, read_features, read_manifest, read_token_table
+from sitegen.compute.feature_data import DictionarySummary, FeatureData
+from sitegen.config import Config
+from sitegen.errors import SitegenError
+from sitegen.render.assets import bundled_dir, static_markup
+from sitegen.render.embed import compact_number, script_json_markup
+from sitegen.render.feature_page import feature_page_context, feature_page_json
+from sitegen.render.index_data import INDEX_DATA_PATH, IndexRow, index_row, index_script
+from sitegen.render.markup import Page, load_notes, load_pages, markdown_html, plain_snippet
+
+TEMPLATES = bundled_dir("templates")
+GENERATOR_META = '<meta name="generator" content="sitegen">'
+
+
+def number_text(x: float | int) -> str:
+    x = compact_number(x)
+    return f"{x:,}" if isinstance(x, int) else repr(x)
+
+
+def signed_text(x: float | int) -> str:
+    return ("+" if x > 0 else "") + number_text(x)
+
+
+def percent_text(fraction: float) -> str:
+    return f"{fraction * 100:.3g}%"
+
+
+def sign_class(x: float) -> str:
+    return "pos" if x > 0 else "neg" if x < 0 else ""
+
+
+def template_env() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(num=number_text, signed=signed_text, pct=percent_text, sign_class=sign_class)
+    return env
+
+
+@dataclass
+class DictionaryListing:
+    name: str
+    kind: str
+    hook_name: str
+    d_sae: int
+    n_built: int
+    n_dead: int
+
+
+class SiteWriter:
+    """Writes every file of one site under ``root``."""
+
+    def __init__(self, root: Path, cache: Path, cfg: Config, manifest: dict,
+                 notes: dict[str, dict[int, str]], pages: list[Page]):
+        self.root, self.cache, self.manifest, self.notes = root, cache, manifest, notes
+        self.pages = [p for p in pages if p.name != "about"]
+        self.about = next((p for p in pages if p.name == "about"), None)
+        self.summaries = dictionary_summaries(manifest)
+        self.texts = read_token_table(cache)
+        self.env = template_env()
+        self.env.globals.update(site_title=cfg.site.title, nav_pages=self.pages, css=static_markup("site.css"))
+
+    def write(self, relative: str, text: str) -> None:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode("utf-8"))
+
+    def render(self, relative: str, template: str, **context) -> None:
+        root = "../" * relative.count("/")
+        self.write(relative, self.env.get_template(template).render(root=root, **context))
+
+    def write_all(self) -> None:
+        self.write(".nojekyll", "")
+        rows: list[IndexRow] = []
+        listings = [self.write_dictionary(i, s, rows) for i, s in enumerate(self.summaries)]
+        self.write_index(rows, listings)
+        self.write_pages(listings)
+
+    def write_index(self, rows: list[IndexRow], listings: list[DictionaryListing]) -> None:
+        self.write(INDEX_DATA_PATH, index_script(rows, [d.name for d in listings]))
+        self.render("index.html", "index.html", dictionaries=listings, index_data_path=INDEX_DATA_PATH,
+                    page_css=static_markup("index.css"), js=static_markup("index.js"))
+
+    def write_pages(self, listings: list[DictionaryListing]) -> None:
+        """The about page, the Markdown pages and 404.html."""
+        page_css = static_markup("page.css")
+        self.render("about.html", "about.html", body=self.about.html if self.about else None,
+                    provenance=provenance_sections(self.manifest, listings), page_css=page_css)
+        for page in self.pages:
+            self.render(f"{page.name}.html", "page.html", page_title=page.title, body=page.html, page_css=page_css)
+        self.render("404.html", "404.html", page_css=page_css, js=static_markup("notfound.js"))
+
+    def write_dictionary(self, index: int, summary: DictionarySummary, rows: list[IndexRow]) -> DictionaryListing:
+        built = sorted(set(summary.feature_ids))
+        built_set = set(built)
+        position = {f: n for n, f in enumerate(built)}
+        notes = self.notes.get(summary.name, {})
+        n_pages = n_dead = 0
+        for fd in read_features(self.cache, index):
+            if fd.feature not in position:
+                raise SitegenError(f"{self.cache}: feature {fd.feature} of '{summary.name}' is cached "
+                                   "but not listed in the manifest; rebuild the cache")
+            n = position[fd.feature]
+            nav = (built[n - 1] if n > 0 else None, built[n + 1] if n + 1 < len(built) else None)
+            note = notes.get(fd.feature)
+            self.write_feature(index, summary, fd, nav, note, built_set)
+            rows.append(index_row(fd, index, self.texts, plain_snippet(note) if note else ""))
+            n_pages += 1
+            n_dead += fd.dead
+        if n_pages != len(built):
+            raise SitegenError(f"{self.cache}: '{summary.name}' lists {len(built)} features but "
+                               f"{n_pages} are cached; rebuild the cache")
+        return DictionaryListing(summary.name, summary.kind, summary.hook_name, summary.d_sae, n_pages, n_dead)
+
+    def write_feature(self, index: int, summary: DictionarySummary, fd: FeatureData,
+                      nav: tuple[int | None, int | None], note: str | None, built: set[int]) -> None:
+        data = feature_page_json(fd, index, nav, self.texts)
+        context = feature_page_context(fd, summary, built, self.texts, markdown_html(note) if note else None)
+        self.render(f"features/{index}/{fd.feature}.html", "feature.html", **context,
+                    unit="neuron" if summary.kind == "neurons" else "feature", prev_id=nav[0], next_id=nav[1],
+                    data_json=script_json_markup(data), page_css=static_markup("feature.css"),
+                    js=static_markup("feature.js"))
+
+
+@dataclass
+class ProvenanceSection:
+    title: str
+    rows: list[tuple[str, str]]
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value):
+        return ", ".join(_value_text(v) for v in value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return number_text(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _rows(mapping: dict) -> list[tuple[str, str]]:
+    return [(str(k), _value_text(v)) for k, v in sorted(mapping.items())]
+
+
+def provenance_sections(manifest: dict, listings: list[DictionaryListing]) -> list[ProvenanceSection]:
+    """What the about page shows: model, dictionaries, dataset, build statistics."""
+    provenance = dict(manifest.get("provenance", {}))
+    dataset = provenance.pop("dataset", {})
+    version = provenance.pop("sitegen_version", None)
+    dictionaries = [
+        (s.name, f"{s.kind} on {s.hook_name}: {s.d_sae:,} × {s.d_in:,}, {d.n_built:,} built ({d.n_dead:,} dead); "
+                 f"effects: {s.effects}" + (f"; {s.norm_note}" if s.norm_note else ""))
+        for s, d in zip(dictionary_summaries(manifest), listings)
+    ]
+    build = [*_rows(manifest.get("stats", {})), ("config hash", str(manifest.get("config_hash", "")))]
+    build += [(f"fingerprint: {k}", v) for k, v in _rows(manifest.get("fingerprints", {}))]
+    if version is not None:
+        build.insert(0, ("sitegen version", str(version)))
+    dataset_rows = _rows(dataset) if isinstance(dataset, dict) else [("dataset", _value_text(dataset))]
+    sections = [ProvenanceSection("Model", _rows(provenance)), ProvenanceSection("Dictionaries", dictionaries),
+                ProvenanceSection("Dataset", dataset_rows), ProvenanceSection("Build", build)]
+    return [s for s in sections if s.rows]
+
+
+def is_replaceable(out_dir: Path) -> bool:
+    """An existing output folder may be replaced when it is empty or a site we made."""
+    if not out_dir.exists():
+        return True
+    if not out_dir.is_dir():
+        return False
+    if not any(out_dir.iterdir()):
+        return True
+    index = out_dir / "index.html"
+    return (out_dir / ".nojekyll").is_file() and index.is_file() and GENERATOR_META in index.read_text(
+        encoding="utf-8", errors="replace")[:2000]
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an existing ``target`` is renamed aside first and
+    deleted only once the new folder is in place."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def render_site(cache_dir: Path, cfg: Config, out_dir: Path) -> Path:
+    """Build the site for the feature cache ``cache_dir`` into ``out_dir``; returns ``out_dir``.
+    A failed render leaves a previous site at ``out_dir`` untouched."""
+    cache_dir, out_dir = Path(cache_dir), Path(out_dir)
+    manifest = read_manifest(cache_dir)
+    notes = load_notes(cfg.resolve(cfg.site.notes), dictionary_summaries(manifest)) if cfg.site.notes else {}
+    pages = load_pages(cfg.resolve(cfg.site.pages)) if cfg.site.pages else []
+    if not is_replaceable(out_dir):
+        raise SitegenError(f"{out_dir}: exists and is not a site made by sitegen; remove it or choose another 'out'")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        tmp.chmod(0o755)
+        SiteWriter(tmp, cache_dir, cfg, manifest, notes, pages).write_all()
+        replace_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

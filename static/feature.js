@@ -1,0 +1,168 @@
+// sitegen feature page: draws the examples and histograms from the page's JSON
+// (schema in sitegen/render/feature_page.py), shows a token's numbers on hover,
+// and navigates with the keyboard.
+(function () {
+  "use strict";
+  var D = JSON.parse(document.getElementById("data").textContent);
+  var T = D.tokens, NS = "http://www.w3.org/2000/svg", maxAct = D.max_act, minAct = 0, maxLoss = 0;
+
+  // Each example's actives ([offset, activation] or [offset, activation, loss, list,
+  // changes..., list, changes...]) become ex[4] = activation per token and
+  // ex[5] = {offset: {loss, up: [token indexes, changes], down: [...]}}.
+  function hover(a) {
+    var up = D.lists[a[3]], at = 4 + up.length, down = D.lists[a[at]];
+    return {loss: a[2], up: [up, a.slice(4, at)], down: [down, a.slice(at + 1, at + 1 + down.length)]};
+  }
+  D.groups.forEach(function (g) {
+    g.forEach(function (ex) {
+      var acts = ex[3].map(function () { return 0; }), hovers = {};
+      ex[4].forEach(function (a) {
+        acts[a[0]] = a[1];
+        minAct = Math.min(minAct, a[1]);
+        if (a.length > 2) {
+          hovers[a[0]] = hover(a);
+          maxLoss = Math.max(maxLoss, Math.abs(a[2]));
+        }
+      });
+      ex[4] = acts;
+      ex[5] = hovers;
+    });
+  });
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+  function svg(tag, attrs, parent) {
+    var e = document.createElementNS(NS, tag);
+    for (var k in attrs) e.setAttribute(k, attrs[k]);
+    parent.appendChild(e);
+    return e;
+  }
+  function signed(x) { return (x > 0 ? "+" : "") + x; }
+  function signClass(x) { return x > 0 ? "pos" : x < 0 ? "neg" : ""; }
+
+  // Bars of a histogram [edges, counts] in an SVG of 300 x 96; returns value -> x.
+  function histogram(box, h, unit, colour) {
+    var edges = h[0], counts = h[1], n = counts.length, W = 300, H = 82;
+    if (!box || !n) return null;
+    var lo = edges[0], hi = edges[n], cmax = Math.max.apply(null, counts) || 1;
+    var x = function (v) { return (v - lo) / (hi - lo || 1) * W; };
+    for (var i = 0; i < n; i++) {
+      var bh = counts[i] / cmax * (H - 6), w = x(edges[i + 1]) - x(edges[i]);
+      var bar = svg("rect", {x: x(edges[i]), y: H - bh, width: Math.max(w - 0.6, 0.6), height: bh,
+        fill: colour((edges[i] + edges[i + 1]) / 2)}, box);
+      svg("title", {}, bar).textContent = unit + " (" + edges[i] + ", " + edges[i + 1] + "]: " + counts[i];
+    }
+    svg("text", {x: 0, y: 94}, box).textContent = lo;
+    svg("text", {x: W, y: 94, "text-anchor": "end"}, box).textContent = hi;
+    if (lo < 0 && hi > 0) svg("text", {x: x(0), y: 94, "text-anchor": "middle"}, box).textContent = 0;
+    svg("text", {x: 2, y: 9}, box).textContent = "max count " + cmax;
+    return x;
+  }
+  var actBox = document.getElementById("act-hist");
+  var actX = histogram(actBox, D.act_hist, "activation", function () { return "#f59e0b"; });
+  histogram(document.getElementById("logit-hist"), D.logit_hist, "logit effect",
+    function (v) { return v < 0 ? "#e06666" : "#6d9eeb"; });
+  var marker = actX && svg("line", {y1: 0, y2: 82, stroke: "#1f2328", "stroke-width": 1.5, visibility: "hidden"},
+    actBox);
+
+  function actColour(a) {
+    if (a > 0 && maxAct > 0) return "rgba(255,140,0," + (0.85 * Math.min(a / maxAct, 1)).toFixed(3) + ")";
+    if (a < 0) return "rgba(70,130,230," + (0.85 * a / minAct).toFixed(3) + ")";
+    return "";
+  }
+  function lossColour(loss) {
+    var s = maxLoss ? Math.abs(loss) / maxLoss : 0;
+    if (s < 0.04) return "";
+    return (loss > 0 ? "rgba(26,86,196," : "rgba(198,40,40,") + (0.25 + 0.75 * s).toFixed(3) + ")";
+  }
+
+  // One line of tokens per example; each span holds the index of its record [example, offset].
+  var recs = [];
+  Array.prototype.forEach.call(document.querySelectorAll(".ex-group"), function (box) {
+    D.groups[+box.getAttribute("data-group")].forEach(function (ex) {
+      var line = el("div", "ex");
+      ex[3].forEach(function (ti, k) {
+        var s = el("span", ex[2] + k === ex[1] ? "t sel" : "t", T[ti]), h = ex[5][k];
+        s.style.backgroundColor = actColour(ex[4][k]);
+        if (h) s.style.borderBottomColor = lossColour(h.loss);
+        s.setAttribute("data-r", recs.length);
+        recs.push([ex, k]);
+        line.appendChild(s);
+      });
+      box.appendChild(line);
+    });
+  });
+
+  var tip = document.getElementById("tip");
+  function changesTable(h) {
+    var t = el("table", "tbl"), head = el("tr"), rows = Math.max(h.up[0].length, h.down[0].length);
+    head.appendChild(el("th", "", "removing it raises log-prob of")).colSpan = 2;
+    head.appendChild(el("th", "", "lowers log-prob of")).colSpan = 2;
+    t.appendChild(head);
+    for (var i = 0; i < rows; i++) {
+      var tr = t.appendChild(el("tr"));
+      [h.up, h.down].forEach(function (side) {
+        var has = i < side[0].length, v = side[1][i];
+        tr.appendChild(el("td")).appendChild(el("code", "", has ? T[side[0][i]] : ""));
+        tr.appendChild(el("td", has ? signClass(v) : "", has ? signed(v) : ""));
+      });
+    }
+    return t;
+  }
+  function line(label, value, cls, note) {
+    var p = el("p");
+    p.append(label + ": ", el("b", cls, value), " ", el("small", "", note));
+    return p;
+  }
+  function showTip(span) {
+    var r = recs[+span.getAttribute("data-r")], ex = r[0], k = r[1], h = ex[5][k], a = ex[4][k];
+    tip.textContent = "";
+    tip.appendChild(el("code", "", T[ex[3][k]]));
+    tip.appendChild(line("activation", String(a), "",
+      maxAct > 0 ? "(" + Math.round(a / maxAct * 100) + "% of the max, " + maxAct + ")" : ""));
+    if (h) {
+      tip.appendChild(line("loss effect", signed(h.loss), signClass(h.loss),
+        "change in next-token loss when this feature is removed at this position" +
+        (h.loss > 0 ? " (> 0: the feature helps here)" : h.loss < 0 ? " (< 0: the feature hurts here)" : "")));
+      tip.appendChild(changesTable(h));
+    } else {
+      tip.appendChild(el("p", "small muted", a ? "no loss effect recorded at this position" :
+        "no loss effect: the activation is 0 here"));
+    }
+    tip.appendChild(el("p", "small muted", "sequence " + ex[0] + ", position " + (ex[2] + k)));
+    tip.style.left = tip.style.top = "0";
+    tip.hidden = false;
+    var rect = span.getBoundingClientRect(), below = rect.bottom + 6;
+    var top = below + tip.offsetHeight > innerHeight ? rect.top - tip.offsetHeight - 6 : below;
+    tip.style.left = Math.max(4, Math.min(rect.left, innerWidth - tip.offsetWidth - 8)) + "px";
+    tip.style.top = Math.max(4, top) + "px";
+    if (marker && a !== 0) {
+      marker.setAttribute("x1", actX(a));
+      marker.setAttribute("x2", actX(a));
+      marker.setAttribute("visibility", "visible");
+    }
+  }
+  function hideTip() {
+    tip.hidden = true;
+    if (marker) marker.setAttribute("visibility", "hidden");
+  }
+  document.addEventListener("mouseover", function (e) {
+    var s = e.target.closest && e.target.closest(".t[data-r]");
+    if (s) showTip(s); else hideTip();
+  });
+
+  document.addEventListener("keydown", function (e) {
+    if (e.altKey || e.ctrlKey || e.metaKey || /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName)) return;
+    var to = e.key === "ArrowLeft" ? D.nav[0] : e.key === "ArrowRight" ? D.nav[1] : null;
+    if (to != null) {
+      location.href = to + ".html";
+    } else if (e.key === "/") {
+      e.preventDefault();
+      location.href = "../../index.html#search";
+    }
+  });
+})();

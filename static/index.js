@@ -1,0 +1,129 @@
+// sitegen index: search, filter, sort and page through every built feature
+// (window.SITEGEN_INDEX, loaded from assets/index-data.js). Only one page of
+// rows is in the DOM at a time, so 100,000 features stay responsive.
+(function () {
+  "use strict";
+  var X = window.SITEGEN_INDEX, PAGE = 100;
+  var $ = function (id) { return document.getElementById(id); };
+  var body = $("rows"), count = $("count"), search = $("search"), dict = $("dict"), dmin = $("dmin"),
+    dmax = $("dmax"), prev = $("prev"), next = $("next");
+  if (!X) {
+    count.textContent = "The index data (assets/index-data.js) did not load.";
+    return;
+  }
+  var n = X.id.length, dead = new Uint8Array(n), notes = new Array(n), hay = null;
+  X.dead.forEach(function (r) { dead[r] = 1; });
+  X.notes.forEach(function (p) { notes[p[0]] = p[1]; });
+  var shown = [], page = 0, sortKey = null, sortDir = 1;
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+  function firstToken(i) { return X.top[i].length ? X.tokens[X.top[i][0]].toLowerCase() : "\uffff"; }
+  var KEYS = {
+    id: function (i) { return X.id[i]; },
+    d: function (i) { return X.d[i]; },
+    density: function (i) { return X.density[i]; },
+    max: function (i) { return X.max[i]; },
+    top: firstToken,
+    note: function (i) { return (notes[i] || "\uffff").toLowerCase(); }
+  };
+  // Lower-case token texts and note of each row, built on the first search.
+  function haystack() {
+    if (!hay) {
+      hay = new Array(n);
+      for (var i = 0; i < n; i++) {
+        var words = X.top[i].map(function (t) { return X.tokens[t]; });
+        hay[i] = (words.join("\u0001") + "\u0001" + (notes[i] || "")).toLowerCase();
+      }
+    }
+    return hay;
+  }
+  // A term matches a row by its id ("12" or "#12") or as part of its token texts or note.
+  function matches(i, term, text) {
+    var id = term.charAt(0) === "#" ? term.slice(1) : term;
+    if (/^\d+$/.test(id) && X.id[i] === +id) return true;
+    return term.charAt(0) !== "#" && text.indexOf(term) >= 0;
+  }
+  function filter() {
+    var terms = search.value.toLowerCase().split(/\s+/).filter(Boolean), d = dict.value;
+    var lo = parseFloat(dmin.value), hi = parseFloat(dmax.value), text = terms.length ? haystack() : null;
+    shown = [];
+    for (var i = 0; i < n; i++) {
+      if (d !== "" && X.d[i] !== +d) continue;
+      var pct = X.density[i] * 100;
+      if (pct < lo || pct > hi) continue;
+      var ok = true;
+      for (var t = 0; ok && t < terms.length; t++) ok = matches(i, terms[t], text[i]);
+      if (ok) shown.push(i);
+    }
+    sortRows();
+  }
+  function sortRows() {
+    if (sortKey) {
+      var key = KEYS[sortKey], keys = new Array(n);
+      shown.forEach(function (i) { keys[i] = key(i); });
+      shown.sort(function (a, b) {
+        var ka = keys[a], kb = keys[b];
+        return (ka < kb ? -1 : ka > kb ? 1 : a - b) * sortDir;
+      });
+    }
+    page = 0;
+    draw();
+  }
+  function percent(x) { return Number((x * 100).toPrecision(3)) + "%"; }
+  function row(i) {
+    var tr = el("tr"), link = el("a", "", String(X.id[i])), toks = el("td");
+    link.href = "features/" + X.d[i] + "/" + X.id[i] + ".html";
+    tr.appendChild(el("td")).appendChild(link);
+    tr.appendChild(el("td", "", X.dicts[X.d[i]]));
+    tr.appendChild(el("td", dead[i] ? "muted" : "", dead[i] ? "dead" : percent(X.density[i])));
+    tr.appendChild(el("td", "", String(X.max[i])));
+    X.top[i].forEach(function (t) { toks.appendChild(el("code", "", X.tokens[t])); });
+    tr.appendChild(toks);
+    tr.appendChild(el("td", "", notes[i] || ""));
+    return tr;
+  }
+  function draw() {
+    var start = page * PAGE, end = Math.min(start + PAGE, shown.length), frag = document.createDocumentFragment();
+    for (var k = start; k < end; k++) frag.appendChild(row(shown[k]));
+    body.textContent = "";
+    body.appendChild(frag);
+    count.textContent = shown.length.toLocaleString("en") + " of " + n.toLocaleString("en") + " features";
+    $("page").textContent = shown.length ? "rows " + (start + 1) + "\u2013" + end : "no matches";
+    prev.disabled = page === 0;
+    next.disabled = end >= shown.length;
+  }
+
+  search.addEventListener("input", filter);
+  dict.addEventListener("change", filter);
+  dmin.addEventListener("input", filter);
+  dmax.addEventListener("input", filter);
+  search.form.addEventListener("submit", function (e) { e.preventDefault(); });
+  prev.addEventListener("click", function () { page--; draw(); });
+  next.addEventListener("click", function () { page++; draw(); });
+  Array.prototype.forEach.call(document.querySelectorAll("th[data-sort]"), function (th) {
+    th.addEventListener("click", function () {
+      var key = th.getAttribute("data-sort");
+      sortDir = key === sortKey ? -sortDir : 1;
+      sortKey = key;
+      Array.prototype.forEach.call(th.parentNode.children, function (c) { c.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
+      sortRows();
+    });
+  });
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "/" && !/^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName)) {
+      e.preventDefault();
+      search.focus();
+    }
+  });
+  function focusOnHash() { if (location.hash === "#search") search.focus(); }
+  window.addEventListener("hashchange", focusOnHash);
+  filter();
+  focusOnHash();
+  performance.mark("sitegen-index-drawn");
+})();

@@ -1,0 +1,189 @@
+"""The built site in headless Chromium: from file://, alone in another folder, and from
+an HTTP server under a sub-path; tooltips, search, keyboard, and hostile tokens that
+must stay text."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from site_fixtures import DictSpec, page_json, site_config, write_cache
+
+from sitegen.render import render_site
+
+pytestmark = pytest.mark.browser
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip("needs Debian chromium and chromium-driver", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+HOSTILE_TOKEN = "</script><img src=x onerror=alert(1)>"
+NOTE = '<img src=x onerror="window.__pwned=1"> <script>window.__pwned=1</script> **ok**'
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    (root / "notes.yaml").write_text(f"sae:\n  1: {json.dumps(NOTE)}\n")
+    write_cache(root / "cache", [DictSpec(feature_ids=(0, 1, 2, 7)),
+                                 DictSpec(name="dead", feature_ids=(0,), dead=frozenset({0}))])
+    return render_site(root / "cache", site_config(root, notes="notes.yaml"), root / "site")
+
+
+@pytest.fixture(scope="module")
+def driver():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    profile = tempfile.mkdtemp(prefix="sitegen-chromium-")
+    opts.add_argument(f"--user-data-dir={profile}")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    yield drv
+    drv.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(driver, url: str) -> None:
+    driver.get(url)
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def assert_clean(driver, allowed: str = "\0") -> None:
+    """No console errors (but ``allowed``), no alert, and no injected payload ran."""
+    errors = [e for e in driver.get_log("browser")
+              if e["level"] in ("SEVERE", "ERROR") and allowed not in e["message"]]
+    assert errors == []
+    try:
+        text = driver.switch_to.alert.text
+        pytest.fail(f"an alert opened: {text!r}")
+    except NoAlertPresentException:
+        pass
+    assert driver.execute_script("return window.__pwned === undefined")
+
+
+def test_index_search_and_dead_dictionary(driver, site):
+    open_page(driver, (site / "index.html").as_uri())
+    rows = driver.find_elements(By.CSS_SELECTOR, "#rows tr")
+    assert len(rows) == 5
+    assert "every built feature of this dictionary is dead" in driver.find_element(By.TAG_NAME, "body").text
+    search = driver.find_element(By.ID, "search")
+    search.send_keys("#7")
+    assert [r.find_element(By.TAG_NAME, "a").text for r in driver.find_elements(By.CSS_SELECTOR, "#rows tr")] == ["7"]
+    search.clear()
+    search.send_keys("7")
+    assert "7" in [r.find_element(By.TAG_NAME, "a").text for r in driver.find_elements(By.CSS_SELECTOR, "#rows tr")]
+    data = json.loads((site / "assets" / "index-data.js").read_text().removeprefix("window.SITEGEN_INDEX=")
+                      .strip()[:-1])
+    token = data["tokens"][data["top"][2][0]].strip()  # a top token of feature 2
+    search.clear()
+    search.send_keys(token)
+    hits = [r.find_element(By.TAG_NAME, "a").text for r in driver.find_elements(By.CSS_SELECTOR, "#rows tr")]
+    assert "2" in hits
+    driver.find_element(By.CSS_SELECTOR, 'th[data-sort="max"]').click()
+    assert_clean(driver)
+
+
+def test_tooltip_shows_the_page_numbers(driver, site):
+    page = site / "features" / "0" / "2.html"
+    data = page_json(page.read_text(encoding="utf-8"))
+    open_page(driver, page.as_uri())
+    first = data["groups"][0][0]
+    sel = first[1] - first[2]
+    active = next(a for a in first[4] if a[0] == sel)
+    span = driver.find_elements(By.CSS_SELECTOR, ".ex-group .ex")[0].find_elements(By.CSS_SELECTOR, ".t")[sel]
+    assert "sel" in span.get_attribute("class")
+    ActionChains(driver).move_to_element(span).perform()
+    tip = driver.find_element(By.ID, "tip")
+    WebDriverWait(driver, 5).until(lambda d: tip.is_displayed())
+    text = tip.text
+    assert f"activation: {active[1]}" in text
+    assert "loss effect" in text and "change in next-token loss when this feature is removed" in text
+    up = data["lists"][active[3]]
+    assert data["tokens"][up[0]].strip() in text and f"{active[4]:+}" in text
+    marker = driver.find_element(By.CSS_SELECTOR, "#act-hist line")
+    assert marker.get_attribute("visibility") == "visible"
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#act-hist rect")) == len(data["act_hist"][1])
+    assert_clean(driver)
+
+
+def test_keyboard_navigation(driver, site):
+    open_page(driver, (site / "features" / "0" / "2.html").as_uri())
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+    WebDriverWait(driver, 5).until(lambda d: d.current_url.endswith("/features/0/7.html"))
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_LEFT)
+    WebDriverWait(driver, 5).until(lambda d: d.current_url.endswith("/features/0/2.html"))
+    driver.find_element(By.TAG_NAME, "body").send_keys("/")
+    WebDriverWait(driver, 5).until(lambda d: d.current_url.endswith("/index.html#search"))
+    WebDriverWait(driver, 5).until(lambda d: d.execute_script("return document.activeElement.id") == "search")
+    assert_clean(driver)
+
+
+def test_hostile_tokens_and_notes_stay_text(driver, site):
+    pages = [p for p in sorted((site / "features" / "0").glob("*.html"))
+             if HOSTILE_TOKEN in page_json(p.read_text(encoding="utf-8"))["tokens"]]
+    assert pages, "the fixture puts the hostile token on some page"
+    open_page(driver, pages[0].as_uri())
+    texts = driver.execute_script("return Array.from(document.querySelectorAll('.t'), s => s.textContent)")
+    assert HOSTILE_TOKEN in texts
+    assert driver.find_elements(By.CSS_SELECTOR, "main img, main iframe, main script") == []
+    assert_clean(driver)
+    open_page(driver, (site / "features" / "0" / "1.html").as_uri())  # the note's payloads
+    assert driver.find_element(By.CSS_SELECTOR, ".note strong").text == "ok"
+    assert driver.find_elements(By.CSS_SELECTOR, ".note script, .note [onerror]") == []
+    assert_clean(driver, allowed="/features/0/x ")  # the note's (sanitised) <img src=x> is a broken image
+
+
+def test_a_page_copied_alone_renders_fully(driver, site, tmp_path):
+    page = site / "features" / "0" / "2.html"
+    alone = tmp_path / "elsewhere" / "copy.html"
+    alone.parent.mkdir()
+    shutil.copy(page, alone)
+    data = page_json(page.read_text(encoding="utf-8"))
+    open_page(driver, alone.as_uri())
+    n_tokens = sum(len(ex[3]) for group in data["groups"] for ex in group)
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".t[data-r]")) == n_tokens
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#logit-hist rect")) == len(data["logit_hist"][1])
+    assert driver.find_element(By.ID, "logit-top").is_displayed()
+    assert_clean(driver)
+
+
+def test_served_under_a_sub_path(driver, site, tmp_path):
+    shutil.copytree(site, tmp_path / "repo")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/repo/"
+        open_page(driver, base + "index.html")
+        driver.find_element(By.CSS_SELECTOR, "#rows a").click()
+        WebDriverWait(driver, 5).until(lambda d: d.current_url == base + "features/0/0.html")
+        assert driver.find_elements(By.CSS_SELECTOR, ".t[data-r]")
+        driver.find_element(By.LINK_TEXT, "About").click()
+        WebDriverWait(driver, 5).until(lambda d: d.current_url == base + "about.html")
+        assert_clean(driver)
+        # a host serves 404.html at any missing URL: its links still reach the site root
+        shutil.copy(site / "404.html", tmp_path / "repo" / "features" / "0" / "missing.html")
+        open_page(driver, base + "features/0/missing.html")
+        driver.find_element(By.CSS_SELECTOR, "a.home").click()
+        WebDriverWait(driver, 5).until(lambda d: d.current_url == base + "index.html")
+        assert_clean(driver)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,225 @@
+"""The feature cache as files: byte-identical reruns, resuming after a kill,
+stale-cache detection, the manifest, memmapped activations, and the helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures import tiny_tokens, write_project
+from sitegen.compute import build_feature_cache
+from sitegen.compute.activations import capture_activations
+from sitegen.compute.cache import batch_path, feature_data_from_dict, feature_dict, read_json, read_manifest
+from sitegen.compute.feature_data import FORMAT_VERSION
+from sitegen.compute.rounding import round_sig
+from sitegen.compute.stats import dense_histograms, row_histograms
+from sitegen.config import load_config
+from sitegen.sources import load_sources
+
+SEED = random.randrange(10**6)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A project and one complete build of it (the reference bytes)."""
+    root = tmp_path_factory.mktemp("project")
+    config = write_project(root, seed=SEED, extra={"features": {"feature_batch_size": 16}})
+    src = load_sources(load_config(config))
+    manifest = build_feature_cache(src, root / "first", progress=False)
+    return root, config, src, manifest, files_of(root / "first")
+
+
+def test_rerun_is_byte_identical_and_portable(built, tmp_path):
+    root, _, src, manifest, first = built
+    again = build_feature_cache(src, tmp_path / "again", progress=False)
+    assert files_of(tmp_path / "again") == first, f"seed={SEED}"
+    assert again["stats"]["model_passes"] == 1 and again["stats"]["reused_batches"] == 0
+    for name, data in first.items():
+        assert str(root).encode() not in data, f"{name} holds an absolute path"
+    assert not any(name.startswith("activations") for name in first)
+
+
+def test_manifest_schema(built):
+    root, _, src, manifest, first = built
+    on_disk = read_manifest(root / "first")
+    assert on_disk["format"] == FORMAT_VERSION and on_disk["complete"] is True
+    assert on_disk["fingerprints"] == src.fingerprints
+    assert on_disk["batches"] == {"0": 4, "1": 1}  # 64 SAE features and 16 neurons, 16 per batch
+    assert [d["name"] for d in on_disk["dictionaries"]] == ["sae", "neurons"]
+    assert set(on_disk["stats"]) == {"n_tokens", "n_sequences", "n_nonfinite"}  # no timings on disk
+    assert on_disk["stats"]["n_tokens"] == 16 * 23 and on_disk["stats"]["n_sequences"] == 16
+    prov = on_disk["provenance"]
+    assert prov["model"] == "model" and prov["n_layers"] == 2 and prov["d_model"] == 32
+    assert prov["dataset"] == {"paths": ["tokens.npy"], "context_length": 24, "n_sequences": 16,
+                               "n_tokens": 16 * 24, "n_documents": 16}
+    assert set(manifest["stats"]) >= {"model_passes", "seconds", "reused_batches"}
+    assert {k: v for k, v in manifest.items() if k != "stats"} == {k: v for k, v in on_disk.items() if k != "stats"}
+    assert sorted(name for name in first if name.startswith("features")) == [
+        "features/0/00000.json", "features/0/00001.json", "features/0/00002.json", "features/0/00003.json",
+        "features/1/00000.json"]
+
+
+def test_resume_reuses_batches_and_is_identical(built, tmp_path, capsys):
+    root, _, src, _, first = built
+    cache = tmp_path / "cache"
+    for name, data in first.items():
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_bytes(data)
+    gone = [batch_path(cache, 0, 1), batch_path(cache, 0, 3), batch_path(cache, 1, 0)]
+    for path in gone:
+        path.unlink()
+    manifest = json.loads((cache / "manifest.json").read_text())
+    (cache / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    (cache / "tokens.json").unlink()
+    (cache / "features" / "0" / ".00001.json.123.tmp").write_text("[{half")  # a write cut short
+    out = build_feature_cache(src, cache, progress=False)
+    assert out["stats"]["reused_batches"] == 2 and out["stats"]["model_passes"] == 1
+    assert "reusing 2 of 5 feature batches" in capsys.readouterr().err
+    assert files_of(cache) == first, f"seed={SEED}"
+    # nothing missing: nothing recomputed, no model pass
+    out = build_feature_cache(src, cache, progress=False)
+    assert out["stats"]["model_passes"] == 0 and out["stats"]["reused_batches"] == 5
+    assert files_of(cache) == first
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from sitegen.compute import engine
+from sitegen.config import load_config
+from sitegen.sources import load_sources
+writes = []
+real = engine.write_json
+def write_then_die(path, obj):
+    real(path, obj)
+    writes.append(path)
+    if len([p for p in writes if "features" in str(p)]) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+engine.write_json = write_then_die
+engine.build_feature_cache(load_sources(load_config({config!r})), {cache!r}, progress=False)
+"""
+
+
+def test_sigkill_mid_build_then_rerun_is_identical(built, tmp_path):
+    root, config, src, _, first = built
+    cache = tmp_path / "cache"
+    script = KILLER.format(tests=str(Path(__file__).parent), config=str(config), cache=str(cache))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert read_json(cache / "manifest.json")["complete"] is False
+    assert len(list((cache / "features").rglob("*.json"))) == 2
+    out = build_feature_cache(src, cache, progress=False)
+    assert out["stats"]["reused_batches"] == 2
+    assert files_of(cache) == first, f"seed={SEED}"
+
+
+def test_stale_cache_is_detected_and_rebuilt(built, tmp_path, capsys):
+    root, config, src, _, first = built
+    cache = tmp_path / "cache"
+    for name, data in first.items():
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_bytes(data)
+    # changed input data: the dataset fingerprint changes
+    project = tmp_path / "project"
+    changed = write_project(project, seed=SEED, extra={"features": {"feature_batch_size": 16}})
+    np.save(project / "tokens.npy", tiny_tokens(16, 23, SEED + 1))
+    src2 = load_sources(load_config(changed))
+    build_feature_cache(src2, cache, progress=False)
+    err = capsys.readouterr().err
+    assert "stale" in err and "changed input: dataset" in err and err.count("\n") == 1, err
+    assert files_of(cache) != first
+    fresh = tmp_path / "fresh"
+    build_feature_cache(src2, fresh, progress=False)
+    assert files_of(cache) == files_of(fresh)
+    # changed config section
+    src2.config.features.top_examples = 4
+    build_feature_cache(src2, cache, progress=False)
+    assert "changed config: features" in capsys.readouterr().err
+
+
+def test_memmapped_activations_give_the_same_features(built, tmp_path):
+    root, config, _, _, first = built
+    src = load_sources(load_config(config))
+    src.config.features.activation_cache_mb = 0  # everything over budget: memmaps
+    build_feature_cache(src, tmp_path / "cache", progress=False)
+    got = files_of(tmp_path / "cache")
+    assert {k: v for k, v in got.items() if k != "manifest.json"} == {
+        k: v for k, v in first.items() if k != "manifest.json"}
+    assert not (tmp_path / "cache" / "activations.tmp").exists()
+
+
+def test_capture_to_memmap_equals_memory(built, tmp_path):
+    _, _, src, _, _ = built
+    widths = {"blocks.1.hook_resid_pre": 32, "blocks.0.mlp.hook_post": 64}
+    mem = capture_activations(src.model, src.data.tokens, widths, 5, 2048, tmp_path, False)
+    disk = capture_activations(src.model, src.data.tokens, widths, 3, 0, tmp_path, False)
+    assert disk.folder is not None and mem.folder is None and mem.model_passes == 1
+    for name in widths:
+        torch.testing.assert_close(mem.acts[name], disk.acts[name])
+    _, cache = src.model.run_with_cache(src.data.tokens, names_filter=list(widths))
+    for name in widths:
+        torch.testing.assert_close(mem.acts[name], cache[name].reshape(16 * 24, -1))
+    disk.close()
+    assert not disk.folder.exists()
+
+
+def test_feature_dict_equals_asdict_and_round_trips(built):
+    root, _, _, _, _ = built
+    for d in read_json(batch_path(root / "first", 1, 0)) + read_json(batch_path(root / "first", 0, 2)):
+        fd = feature_data_from_dict(d)
+        assert feature_dict(fd) == dataclasses.asdict(fd) == d
+
+
+def test_effects_none_has_no_hovers(tmp_path):
+    config = write_project(tmp_path, seed=SEED, extra={"features": {"effects": "none"}})
+    src = load_sources(load_config(config))
+    manifest = build_feature_cache(src, tmp_path / "cache", progress=False)
+    assert [d["effects"] for d in manifest["dictionaries"]] == ["none", "none"]
+    for i in (0, 1):
+        for d in read_json(batch_path(tmp_path / "cache", i, 0)):
+            for ex in d["top_examples"]:
+                assert ex["hovers"] == [None] * len(ex["token_ids"])
+            assert d["logit_top"]["token_ids"]  # logit tables do not need hovers
+
+
+def test_round_sig_matches_printf():
+    x = torch.cat([torch.randn(20000, dtype=torch.float64) * 10.0 ** torch.randint(-20, 20, (20000,)),
+                   torch.tensor([0.0, -0.0, 1000.0, 999.95, 9.9995, 0.001, 1e-25, 123456789.0, 5e-324])])
+    assert round_sig(x).tolist() == [float(f"{v:.4g}") for v in x.tolist()]
+
+
+def test_histograms_match_numpy_on_edges():
+    rng = np.random.default_rng(SEED)
+    rows, vals = [], []
+    for r, kind in enumerate(["ints", "equal", "random", "empty", "single"]):
+        v = {"ints": np.arange(41, dtype=np.float32), "equal": np.full(7, 2.5, np.float32),
+             "random": rng.normal(size=300).astype(np.float32), "empty": np.zeros(0, np.float32),
+             "single": np.array([-3.0], np.float32)}[kind]
+        rows.append(np.full(len(v), r))
+        vals.append(v)
+    rows_t, vals_t = torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(vals))
+    lo = torch.tensor([v.min() if len(v) else 0 for v in vals], dtype=torch.float32)
+    hi = torch.tensor([v.max() if len(v) else 0 for v in vals], dtype=torch.float32)
+    edges, counts = row_histograms(rows_t, vals_t, 5, lo, hi, 40)
+    for r, v in enumerate(vals):
+        want_counts, want_edges = np.histogram(v, 40)
+        assert counts[r].tolist() == want_counts.tolist(), f"row {r} seed={SEED}"
+        assert edges[r].numpy().tolist() == want_edges.astype(np.float32).tolist()
+    dense = torch.from_numpy(rng.normal(size=(3, 500)).astype(np.float32))
+    dense[0, :41] = torch.arange(41.0)
+    edges, counts = dense_histograms(dense, 40)
+    for r in range(3):
+        assert counts[r].tolist() == np.histogram(dense[r].numpy(), 40)[0].tolist()

@@ -1,0 +1,416 @@
+"""The feature engine against slow, obvious references computed from the FULL
+activation tensor of tiny random models and SAEs (tests/fixtures.py).
+
+Every test runs with a fixed seed and a fresh random one (printed in failures).
+Values in the cache are rounded to 4 significant digits, hence the tolerances.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures import write_project
+from sitegen.compute import build_feature_cache
+from sitegen.compute.cache import dictionary_summaries, read_features, read_manifest, read_token_table
+from sitegen.config import load_config
+from sitegen.sources import load_sources
+
+SEEDS = [0, random.randrange(10**6)]
+RTOL = 1e-3  # 4 significant digits: rounding error <= 5e-4 relative
+
+
+def close(x: float, ref: float, atol: float = 1e-6, rtol: float = RTOL) -> bool:
+    return abs(x - ref) <= atol + rtol * abs(ref)
+
+
+def project(tmp_path: Path, seed: int, architecture: str = "standard", **features):
+    path = write_project(tmp_path, architecture=architecture, seed=seed, extra={"features": features})
+    return load_sources(load_config(path))
+
+
+def build(src, tmp_path: Path, name: str = "cache") -> tuple[dict, dict]:
+    manifest = build_feature_cache(src, tmp_path / name, progress=False)
+    feats = {i: {f.feature: f for f in read_features(tmp_path / name, i)} for i in range(len(src.dictionaries))}
+    return manifest, feats
+
+
+class Reference:
+    """Everything about one dictionary, recomputed from the full activation tensor."""
+
+    def __init__(self, src, d):
+        model = src.model
+        self.src, self.d, self.model = src, d, model
+        tokens = src.data.tokens
+        self.n_seq, self.ctx = tokens.shape
+        self.tokens = tokens.numpy()
+        final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens, names_filter=[d.hook_name, final])
+            hook = cache[d.hook_name].reshape(self.n_seq * self.ctx, -1)
+            self.acts = d.encode(hook).numpy().astype(np.float64)  # [n_tok, d_sae]
+        self.hook = hook.numpy().astype(np.float64)
+        self.final = cache[final].reshape(self.n_seq * self.ctx, -1).numpy().astype(np.float64)
+        self.logits = logits.reshape(self.n_seq * self.ctx, -1).numpy().astype(np.float64)
+        self.counted = ~src.data.ignore.reshape(-1).numpy()
+        finite_rows = np.isfinite(self.acts).all(1) & np.isfinite(self.hook).all(1)
+        self.clean = self.counted & finite_rows
+
+    def column(self, f: int) -> tuple[np.ndarray, np.ndarray]:
+        """(activations with 0 where not counted, counted mask) of feature f."""
+        a = self.acts[:, f]
+        ok = self.counted & np.isfinite(a)
+        return np.where(ok, a, 0.0), ok
+
+    def ranked_positions(self, f: int, sign: int) -> np.ndarray:
+        """Flat positions with sign*act > 0, by sign*act descending, then position."""
+        a, ok = self.column(f)
+        idx = np.nonzero(ok & (sign * a > 0))[0]
+        return idx[np.lexsort((idx, -sign * a[idx]))]
+
+
+def check_example(ref: Reference, f: int, ex, cfg, seed: int) -> float:
+    """Window, tokens, acts and hover presence of one example; returns its reference activation."""
+    a, _ = ref.column(f)
+    ctx = ref.ctx
+    flat = ex.seq * ctx + ex.pos
+    start = 0 if cfg.whole_sequence else max(0, ex.pos - cfg.context_before)
+    end = ctx - 1 if cfg.whole_sequence else min(ctx - 1, ex.pos + cfg.context_after)
+    assert ex.start == start and len(ex.token_ids) == end - start + 1, f"seed={seed} f={f} window"
+    assert ex.token_ids == ref.tokens[ex.seq, start : end + 1].tolist(), f"seed={seed} f={f} tokens"
+    shown = a[ex.seq * ctx + start : ex.seq * ctx + end + 1]
+    assert all(close(x, y) for x, y in zip(ex.acts, shown)), f"seed={seed} f={f} acts {ex.acts} {shown}"
+    for p, (act, hover) in enumerate(zip(ex.acts, ex.hovers)):
+        wants = act != 0 and start + p < ctx - 1 and cfg.effects != "none"
+        assert (hover is not None) == wants, f"seed={seed} f={f} hover presence at {start + p}"
+    return float(a[flat])
+
+
+def check_ranked(got, score: np.ndarray, valid: np.ndarray, n: int, what: str, extra: np.ndarray | None = None,
+                 atol: float = 1e-4, shown: np.ndarray | None = None) -> None:
+    """got (Ranked) = top n valid scores (reported as ``shown``, default the score), ties tolerated."""
+    shown = score if shown is None else shown
+    cand = np.nonzero(valid & (score != 0))[0]
+    order = cand[np.lexsort((cand, -score[cand]))][:n]
+    assert len(got.ids) == len(order), f"{what}: {got.ids} vs {order.tolist()}"
+    for i, (gid, gval) in enumerate(zip(got.ids, got.values)):
+        assert valid[gid] and close(gval, shown[gid], atol), f"{what}: id {gid} value {gval} vs {shown[gid]}"
+        assert close(abs(gval), abs(shown[order[i]]), atol), f"{what}: rank {i} {gval} vs {shown[order[i]]}"
+        if extra is not None:
+            assert close(got.extra[i], extra[gid], atol), f"{what}: extra of {gid} {got.extra[i]} vs {extra[gid]}"
+    gaps = np.diff(score[order]) if len(order) > 1 else np.array([-1.0])
+    if np.all(np.abs(gaps) > 1e-4):
+        assert got.ids == order.tolist(), f"{what}: ids {got.ids} vs {order.tolist()}"
+
+
+def check_feature(ref: Reference, fd, cfg, seed: int) -> None:
+    f, d = fd.feature, ref.d
+    msg = f"seed={seed} {d.name} feature {f}"
+    a, ok = ref.column(f)
+    nz = a[ok & (a != 0)]
+    n_pos = int((a[ok] > 0).sum())
+    assert fd.n_tokens == int(ok.sum()), msg
+    assert fd.n_nonfinite == int((ref.counted & ~np.isfinite(ref.acts[:, f])).sum()), msg
+    assert fd.dead == (n_pos == 0), msg
+    assert close(fd.density, n_pos / max(ok.sum(), 1)), f"{msg} density"
+    max_ref = float(a[ok].max()) if ok.any() else 0.0
+    assert close(fd.max_act, max_ref), f"{msg} max {fd.max_act} {max_ref}"
+    assert close(fd.mean_nonzero_act, float(nz.mean()) if len(nz) else 0.0), f"{msg} mean"
+    counts, edges = np.histogram(nz.astype(np.float32), cfg.histogram_bins)
+    assert fd.act_histogram.counts == counts.tolist(), f"{msg} histogram"
+    assert all(close(x, y) for x, y in zip(fd.act_histogram.edges, edges)), f"{msg} edges"
+    # top examples: the top_examples largest, distinct positions
+    order = ref.ranked_positions(f, +1)[: cfg.top_examples]
+    got = [check_example(ref, f, ex, cfg, seed) for ex in fd.top_examples]
+    assert len(got) == len(order), f"{msg} n top"
+    assert len({(e.seq, e.pos) for e in fd.top_examples}) == len(got), f"{msg} distinct"
+    assert all(close(x, a[o]) for x, o in zip(got, order)), f"{msg} top values {got} {a[order]}"
+    if len(order) and np.all(np.abs(np.diff(a[order])) > 1e-5) and (
+            len(ref.ranked_positions(f, +1)) <= len(order) or
+            a[ref.ranked_positions(f, +1)[len(order)]] < a[order[-1]] - 1e-5):
+        assert [e.seq * ref.ctx + e.pos for e in fd.top_examples] == order.tolist(), f"{msg} top positions"
+    # intervals over (0, max]
+    if fd.dead:
+        assert fd.intervals == [] and fd.top_examples == [], msg
+    else:
+        assert len(fd.intervals) == cfg.n_intervals, msg
+        for i, g in enumerate(fd.intervals):
+            lo, hi = max_ref * i / cfg.n_intervals, max_ref * (i + 1) / cfg.n_intervals
+            inside = ok & (a > lo) & (a <= hi)
+            assert close(g.lower, lo) and close(g.upper, hi), f"{msg} interval {i} bounds"
+            assert close(g.fraction, inside.sum() / len(nz)), f"{msg} interval {i} fraction"
+            assert len(g.examples) == min(cfg.examples_per_interval, int(inside.sum())), f"{msg} interval {i} n"
+            assert len({(e.seq, e.pos) for e in g.examples}) == len(g.examples), msg
+            for ex in g.examples:
+                act = check_example(ref, f, ex, cfg, seed)
+                assert act > 0 and lo - 1e-6 < act <= hi + 1e-6, f"{msg} interval {i} example {act}"
+    # negative group
+    if d.can_be_negative:
+        neg = ref.ranked_positions(f, -1)
+        assert close(fd.negative.fraction, len(neg) / max(len(nz), 1)), f"{msg} negative fraction"
+        assert close(fd.negative.lower, float(a[neg].min()) if len(neg) else 0.0) and fd.negative.upper == 0.0, msg
+        got = [check_example(ref, f, ex, cfg, seed) for ex in fd.negative.examples]
+        want = a[neg[: cfg.top_examples]]
+        assert len(got) == len(want) and all(close(x, y) for x, y in zip(got, want)), f"{msg} negative examples"
+    else:
+        assert fd.negative is None, msg
+    # top tokens: most frequent at the top 1% (at least top_examples) positions
+    ranked = ref.ranked_positions(f, +1)
+    m = min(len(ranked), max(cfg.top_examples, math.ceil(len(ranked) / 100)))
+    if m == len(ranked) or a[ranked[m]] < a[ranked[m - 1]] - 1e-5:
+        ids, counts = np.unique(ref.tokens.reshape(-1)[ranked[:m]], return_counts=True)
+        keep = np.lexsort((ids, -counts))[: cfg.n_top_tokens]
+        assert fd.top_tokens.token_ids == ids[keep].tolist(), f"{msg} top tokens"
+        assert fd.top_tokens.values == counts[keep].astype(float).tolist(), msg
+    check_related(ref, fd, cfg, msg)
+
+
+def check_related(ref: Reference, fd, cfg, msg: str) -> None:
+    f, d = fd.feature, ref.d
+    dec = d.decoder().detach().double().numpy()
+    row = dec[f]
+    mag = np.abs(row)
+    check_ranked(fd.neuron_alignment, mag, np.ones(len(row), bool), cfg.n_related, f"{msg} alignment",
+                 extra=mag / mag.sum(), atol=1e-6, shown=row)
+    unit = dec / np.maximum(np.linalg.norm(dec, axis=1, keepdims=True), 1e-300)
+    cos = unit @ unit[f]
+    others = np.arange(len(dec)) != f
+    check_ranked(fd.decoder_neighbours, cos, others & (np.linalg.norm(dec, axis=1) > 0), cfg.n_neighbours,
+                 f"{msg} neighbours", atol=1e-6)
+    x = ref.acts[ref.clean][:, f]
+    if np.ptp(x) == 0:
+        assert fd.correlated_neurons.ids == [] and fd.correlated_features.ids == [], msg
+        return
+    h = ref.hook[ref.clean]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_h = np.corrcoef(np.column_stack([x, h]), rowvar=False)[0, 1:]
+        all_acts = ref.acts[ref.clean]
+        r_f = np.corrcoef(np.column_stack([x, all_acts]), rowvar=False)[0, 1:]
+    cos_h = (x @ h) / np.maximum(np.linalg.norm(x) * np.linalg.norm(h, axis=0), 1e-300)
+    self_dim = np.arange(h.shape[1]) != f if d.kind == "neurons" else np.ones(h.shape[1], bool)
+    check_ranked(fd.correlated_neurons, np.nan_to_num(r_h), np.isfinite(r_h) & self_dim, cfg.n_related,
+                 f"{msg} correlated neurons", extra=cos_h)
+    check_ranked(fd.correlated_features, np.nan_to_num(r_f), np.isfinite(r_f) & others, cfg.n_related,
+                 f"{msg} correlated features")
+
+
+def norm_parts(model) -> tuple[np.ndarray, np.ndarray, float]:
+    w = model.ln_final.w.detach().double().numpy()
+    b = model.ln_final.b.detach().double().numpy()
+    return w, b, model.cfg.eps
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def check_logits(ref: Reference, fd, cfg, msg: str) -> None:
+    """u = (mean-centred r * ln_final.w) @ W_U, explicit matmul in float64."""
+    model = ref.model
+    r = ref.d.residual_directions()[fd.feature].detach().double().numpy()
+    w, _, _ = norm_parts(model)
+    u = ((r - r.mean()) * w) @ model.W_U.detach().double().numpy()
+    top = np.argsort(-u, kind="stable")[: cfg.logit_top]
+    bottom = np.argsort(u, kind="stable")[: cfg.logit_top]
+    assert all(close(v, u[i]) for v, i in zip(fd.logit_top.values, top)), f"{msg} logit top"
+    assert all(close(u[i], v) for v, i in zip(fd.logit_top.values, fd.logit_top.token_ids)), f"{msg} logit ids"
+    assert all(close(v, u[i]) for v, i in zip(fd.logit_bottom.values, bottom)), f"{msg} logit bottom"
+    counts, edges = np.histogram(u, cfg.logit_histogram_bins)
+    assert sum(fd.logit_histogram.counts) == len(u), msg
+    assert np.abs(np.array(fd.logit_histogram.counts) - counts).sum() <= 2, f"{msg} logit histogram"
+    assert all(close(x, y, 1e-5) for x, y in zip(fd.logit_histogram.edges, edges)), f"{msg} logit edges"
+
+
+def shown(fd):
+    """(example, index in window) of every shown token, over all groups."""
+    groups = [fd.top_examples] + [g.examples for g in fd.intervals] + (
+        [fd.negative.examples] if fd.negative else [])
+    for examples in groups:
+        for ex in examples:
+            for i in range(len(ex.token_ids)):
+                yield ex, i
+
+
+def check_hover(hover, delta: np.ndarray, next_tok: int, k: int, msg: str, atol: float = 1e-4) -> None:
+    assert close(hover.loss_effect, -delta[next_tok], atol), f"{msg} loss {hover.loss_effect} {-delta[next_tok]}"
+    top, bottom = np.sort(delta)[::-1][:k], np.sort(delta)[:k]
+    assert all(close(x, y, atol) for x, y in zip(hover.top.values, top)), f"{msg} top {hover.top.values} {top}"
+    assert all(close(x, y, atol) for x, y in zip(hover.bottom.values, bottom)), f"{msg} bottom"
+    assert all(close(delta[i], v, atol) for i, v in zip(hover.top.token_ids, hover.top.values)), f"{msg} top ids"
+    assert all(close(delta[i], v, atol) for i, v in zip(hover.bottom.token_ids, hover.bottom.values)), msg
+
+
+def check_direct_hovers(ref: Reference, fd, cfg, msg: str) -> int:
+    """Explicit re-computation per position: final residual minus a*r, final LayerNorm with
+    its clean scale, unembedding; log-prob changes against the model's own clean logits."""
+    model = ref.model
+    w, b, eps = norm_parts(model)
+    W_U, b_U = model.W_U.detach().double().numpy(), model.b_U.detach().double().numpy()
+    r = ref.d.residual_directions()[fd.feature].detach().double().numpy()
+    checked = 0
+    for ex, i in shown(fd):
+        flat = ex.seq * ref.ctx + ex.start + i
+        act = ref.column(fd.feature)[0][flat]
+        if ex.hovers[i] is None:
+            continue
+        x = ref.final[flat]
+        xc = x - x.mean()
+        scale = np.sqrt((xc**2).mean() + eps)
+        y = x - act * r
+        new = ((y - y.mean()) / scale * w + b) @ W_U + b_U
+        if cap := model.cfg.output_logits_soft_cap:
+            new = cap * np.tanh(new / cap) if cap > 0 else new
+        delta = log_softmax(new) - log_softmax(ref.logits[flat])
+        check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), cfg.hover_top, msg)
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk"])
+def test_matches_reference(tmp_path, seed, architecture):
+    src = project(tmp_path, seed, architecture)
+    manifest, feats = build(src, tmp_path)
+    cfg = src.config.features
+    assert manifest["stats"]["model_passes"] == 1
+    assert manifest["complete"] is True
+    hovers = 0
+    for i, d in enumerate(src.dictionaries):
+        ref = Reference(src, d)
+        assert sorted(feats[i]) == list(d.feature_ids)
+        for fd in feats[i].values():
+            check_feature(ref, fd, cfg, seed)
+            check_logits(ref, fd, cfg, f"seed={seed} {d.name} {fd.feature}")
+            hovers += check_direct_hovers(ref, fd, cfg, f"seed={seed} {d.name} {fd.feature}")
+    assert hovers > 100, f"seed={seed}: only {hovers} hovers checked"
+    table = read_token_table(tmp_path / "cache")
+    used = {t for i in feats for fd in feats[i].values() for ex, _ in shown(fd) for t in ex.token_ids}
+    assert used <= set(table), f"seed={seed}: tokens.json misses {used - set(table)}"
+    assert table == dict(zip(sorted(table), src.token_texts(sorted(table))))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_windows_whole_sequence_and_dead_features(tmp_path, seed):
+    src = project(tmp_path, seed, whole_sequence=True, effects="none", top_examples=3)
+    sae = src.dictionaries[0].sae
+    dead = random.Random(seed).sample(range(sae.cfg.d_sae), 5)
+    with torch.no_grad():
+        sae.b_enc[dead] = -1e4
+    _, feats = build(src, tmp_path)
+    ref = Reference(src, src.dictionaries[0])
+    for f in dead:
+        fd = feats[0][f]
+        assert fd.dead and fd.density == 0 and fd.max_act == 0 and fd.mean_nonzero_act == 0
+        assert fd.top_examples == [] and fd.intervals == [] and fd.top_tokens.token_ids == []
+        assert sum(fd.act_histogram.counts) == 0 and len(fd.act_histogram.edges) == 41
+        assert fd.correlated_features.ids == [] and fd.correlated_neurons.ids == []
+    for fd in feats[0].values():
+        check_feature(ref, fd, src.config.features, seed)
+        assert not set(fd.correlated_features.ids) & set(dead), f"seed={seed}: dead feature correlated"
+        for ex, i in shown(fd):
+            assert ex.start == 0 and len(ex.token_ids) == ref.ctx and ex.hovers[i] is None
+
+
+class Injected:
+    """An SAE dictionary whose encode yields NaN in one feature and +inf in another
+    wherever the first hook dimension is large (a rule on the input, so the
+    reference and the engine agree on where)."""
+
+    def __init__(self, d, threshold: float, nan_feature: int, inf_feature: int):
+        self._d, self.threshold = d, threshold
+        self.nan_feature, self.inf_feature = nan_feature, inf_feature
+
+    def __getattr__(self, name):
+        return getattr(self._d, name)
+
+    def encode(self, x):
+        acts = self._d.encode(x).clone()
+        hit = x[:, 0] > self.threshold
+        acts[hit, self.nan_feature] = float("nan")
+        acts[hit, self.inf_feature] = float("inf")
+        return acts
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_nonfinite_activations_counted_and_excluded(tmp_path, seed):
+    src = project(tmp_path, seed)
+    d = src.dictionaries[0]
+    probe = Reference(src, d)
+    x0 = np.sort(probe.hook[probe.counted, 0])
+    threshold = float(x0[int(len(x0) * 0.8)] + x0[int(len(x0) * 0.8) + 1]) / 2
+    src.dictionaries[0] = Injected(d, threshold, 3, 5)
+    manifest, feats = build(src, tmp_path)
+    ref = Reference(src, src.dictionaries[0])
+    hit = int((ref.counted & (ref.hook[:, 0] > threshold)).sum())
+    assert hit > 10, f"seed={seed}"
+    assert feats[0][3].n_nonfinite == hit and feats[0][5].n_nonfinite == hit, f"seed={seed}"
+    assert feats[0][3].n_tokens == int(ref.counted.sum()) - hit
+    assert manifest["stats"]["n_nonfinite"] == 2 * hit
+    assert ref.clean.sum() == ref.counted.sum() - hit
+    for fd in feats[0].values():
+        check_feature(ref, fd, src.config.features, seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_exact_effects_match_a_real_rerun(tmp_path, seed):
+    """Hovers of effects: exact == a full forward with the feature removed at every
+    counted position of the sequence (run_with_hooks), to 1e-4."""
+    src = project(tmp_path, seed, effects="exact", top_examples=3, n_intervals=2, examples_per_interval=1)
+    rng = random.Random(seed)
+    for d in src.dictionaries:
+        d.feature_ids = sorted(rng.sample(list(d.feature_ids), 6))
+    _, feats = build(src, tmp_path)
+    checked = 0
+    for i, d in enumerate(src.dictionaries):
+        ref = Reference(src, d)
+        dec = d.decoder().detach().float()
+        for fd in feats[i].values():
+            a, _ = ref.column(fd.feature)
+            runs: dict[int, np.ndarray] = {}
+            for ex, p in shown(fd):
+                if ex.hovers[p] is None:
+                    continue
+                if ex.seq not in runs:
+                    removed = torch.tensor(a[ex.seq * ref.ctx : (ex.seq + 1) * ref.ctx], dtype=torch.float32)
+                    delta = (removed[:, None] * dec[fd.feature]).view(1, ref.ctx, -1)
+
+                    def hook(act, hook, delta=delta):
+                        return act - delta.view(act.shape)
+
+                    with torch.no_grad():
+                        runs[ex.seq] = src.model.run_with_hooks(src.data.tokens[ex.seq : ex.seq + 1],
+                                                                fwd_hooks=[(d.hook_name, hook)])[0].double().numpy()
+                pos = ex.start + p
+                delta = log_softmax(runs[ex.seq][pos]) - log_softmax(ref.logits[ex.seq * ref.ctx + pos])
+                check_hover(ex.hovers[p], delta, int(ref.tokens[ex.seq, pos + 1]), src.config.features.hover_top,
+                            f"seed={seed} {d.name} {fd.feature} ({ex.seq},{pos})")
+                checked += 1
+    assert checked > 20, f"seed={seed}: only {checked}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_direct_effects_with_a_logit_softcap(tmp_path, seed):
+    src = project(tmp_path, seed, top_examples=3, n_intervals=2, examples_per_interval=2)
+    src.model.cfg.output_logits_soft_cap = 1.5  # Gemma-2 style: the log-prob ranking varies by position
+    _, feats = build(src, tmp_path)
+    checked = 0
+    for i, d in enumerate(src.dictionaries):
+        ref = Reference(src, d)
+        for fd in feats[i].values():
+            checked += check_direct_hovers(ref, fd, src.config.features, f"seed={seed} {d.name} {fd.feature}")
+    assert checked > 100, f"seed={seed}: only {checked}"
+
+
+def test_summaries_and_notes(tmp_path):
+    src = project(tmp_path, 0)
+    build(src, tmp_path)
+    sums = dictionary_summaries(read_manifest(tmp_path / "cache"))
+    assert [s.name for s in sums] == ["sae", "neurons"]
+    assert sums[1].feature_ids == list(range(16)) and sums[1].kind == "neurons"
+    assert all(s.effects == "direct" and "mean-centred" in s.norm_note for s in sums)
