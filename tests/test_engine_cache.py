@@ -18,7 +18,8 @@ import torch
 from fixtures import tiny_tokens, write_project
 from sitegen.compute import build_feature_cache
 from sitegen.compute.activations import capture_activations
-from sitegen.compute.cache import batch_path, feature_data_from_dict, feature_dict, read_json, read_manifest
+from sitegen.compute.engine import referenced_tokens
+from sitegen.compute.cache import batch_path, dumps, feature_data_from_dict, read_json, read_manifest, write_batch
 from sitegen.compute.feature_data import FORMAT_VERSION
 from sitegen.compute.rounding import round_sig
 from sitegen.compute.stats import dense_histograms, row_histograms
@@ -102,13 +103,13 @@ from sitegen.compute import engine
 from sitegen.config import load_config
 from sitegen.sources import load_sources
 writes = []
-real = engine.write_json
-def write_then_die(path, obj):
-    real(path, obj)
-    writes.append(path)
-    if len([p for p in writes if "features" in str(p)]) == 2:
+real = engine.write_batch_text
+def write_then_die(*args):
+    real(*args)
+    writes.append(args)
+    if len(writes) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-engine.write_json = write_then_die
+engine.write_batch_text = write_then_die
 engine.build_feature_cache(load_sources(load_config({config!r})), {cache!r}, progress=False)
 """
 
@@ -148,6 +149,12 @@ def test_stale_cache_is_detected_and_rebuilt(built, tmp_path, capsys):
     src2.config.features.top_examples = 4
     build_feature_cache(src2, cache, progress=False)
     assert "changed config: features" in capsys.readouterr().err
+    # another sitegen version
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["provenance"]["sitegen_version"] = "0.0.1"
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    build_feature_cache(src2, cache, progress=False)
+    assert "built by sitegen 0.0.1" in capsys.readouterr().err
 
 
 def test_memmapped_activations_give_the_same_features(built, tmp_path):
@@ -176,11 +183,26 @@ def test_capture_to_memmap_equals_memory(built, tmp_path):
     assert not disk.folder.exists()
 
 
-def test_feature_dict_equals_asdict_and_round_trips(built):
+def test_batches_are_asdict_json_and_round_trip(built, tmp_path):
     root, _, _, _, _ = built
-    for d in read_json(batch_path(root / "first", 1, 0)) + read_json(batch_path(root / "first", 0, 2)):
-        fd = feature_data_from_dict(d)
-        assert feature_dict(fd) == dataclasses.asdict(fd) == d
+    for i, b in ((1, 0), (0, 2)):
+        dicts = read_json(batch_path(root / "first", i, b))
+        features = [feature_data_from_dict(d) for d in dicts]
+        assert [dataclasses.asdict(f) for f in features] == dicts
+        write_batch(tmp_path, i, b, features)
+        assert batch_path(tmp_path, i, b).read_bytes() == dumps([dataclasses.asdict(f) for f in features])
+        assert batch_path(tmp_path, i, b).read_bytes() == batch_path(root / "first", i, b).read_bytes()
+
+
+def test_tokens_json_holds_exactly_the_shown_tokens(built):
+    root, _, src, _, first = built
+    shown: set[int] = set()
+    for name in first:
+        if name.startswith("features"):
+            for d in json.loads(first[name]):
+                referenced_tokens(feature_data_from_dict(d), shown)
+    table = {int(t): text for t, text in json.loads(first["tokens.json"]).items()}
+    assert table == dict(zip(sorted(shown), src.token_texts(sorted(shown))))
 
 
 def test_effects_none_has_no_hovers(tmp_path):

@@ -413,4 +413,4 @@ def test_summaries_and_notes(tmp_path):
     sums = dictionary_summaries(read_manifest(tmp_path / "cache"))
     assert [s.name for s in sums] == ["sae", "neurons"]
     assert sums[1].feature_ids == list(range(16)) and sums[1].kind == "neurons"
-    assert all(s.effects == "direct" and "mean-centred" in s.norm_note for s in sums)
+    assert all(s.effects == "direct" and "mean-centred" in s.norm_note and "frozen" in s.norm_note for s in sums)

@@ -1,4 +1,5 @@
-"""One feature batch of one dictionary -> its FeatureData list.
+"""One feature batch of one dictionary -> the tensors of its FeatureData (serialise.py
+turns them into the batch file).
 
 A batch's content depends only on the dictionary, the data and the feature ids in
 it (every whole-dictionary quantity comes from the dictionary's activation store,
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from sitegen.compute.assemble import FeatureTensors, features_from_tensors
 from sitegen.compute.correlations import correlated, decoder_neighbours, neuron_alignment
 from sitegen.compute.effects import (
     HoverTable,
@@ -24,6 +24,7 @@ from sitegen.compute.effects import (
     logit_directions,
 )
 from sitegen.compute.examples import lookup, select_examples, windows
+from sitegen.compute.serialise import FeatureTensors
 from sitegen.compute.stats import batch_stats, dense_histograms, row_histograms
 from sitegen.compute.store import BatchEntries, NeuronActs, SparseActs
 from sitegen.config import FeaturesConfig
@@ -38,6 +39,7 @@ class DictionaryContext:
     d: Dictionary
     acts: SparseActs | NeuronActs
     decoder: torch.Tensor  # [d_sae, d_in]
+    unit_decoder: torch.Tensor  # [d_sae, d_in] rows of unit norm
     directions: torch.Tensor | None  # [d_sae, d_model] residual directions
     effects: str  # "direct" | "exact" | "none", as this dictionary supports
     norm: NormConvention
@@ -53,9 +55,9 @@ def feature_seed(seed: int, dict_index: int, feature: int) -> int:
 
 
 @torch.no_grad()
-def build_batch(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesConfig, ctx: DictionaryContext,
-                ids: list[int]) -> list:
-    """FeatureData of the features ``ids`` (ascending) of one dictionary."""
+def batch_tensors(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesConfig, ctx: DictionaryContext,
+                  ids: list[int]) -> FeatureTensors:
+    """Everything the FeatureData of the features ``ids`` (ascending) of one dictionary show."""
     n_seq, n_ctx = tokens.shape
     n_tok, n_rows = n_seq * n_ctx, len(ids)
     idx = torch.tensor(ids, dtype=torch.int64)
@@ -74,46 +76,45 @@ def build_batch(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesCon
     hover_of[need] = inverse  # pairs sorted by (row, position)
     pair_rows, pair_flat = pair_keys // n_tok, pair_keys % n_tok
     pair_act = torch.zeros(len(pair_keys)).index_put_((inverse,), win.acts[need])
-    u = logit_directions(model, ctx.norm, ctx.directions[idx]) if ctx.directions is not None else None
-    hovers = batch_hovers(model, cfg, ctx, ent, idx, u, pair_rows, pair_flat, pair_act, flat_tokens, n_ctx)
+    u = logit_directions(model, ctx.norm, ctx.directions[idx]) if ctx.directions is not None else None  # [B, V]
+    hovers = batch_hovers(model, cfg, ctx, ent, idx, u, pair_rows, pair_flat, pair_act, tokens)
     gram, hook_sums = ctx.acts.correlation_sums(idx, ent)
     acts = ctx.acts
-    neurons = ctx.d.kind == "neurons"
     sx, sxx = acts.sx[idx], acts.sxx[idx]
-    return features_from_tensors(FeatureTensors(
-        dictionary=ctx.d.name, ids=ids, can_be_negative=ctx.d.can_be_negative, stats=st,
-        n_tokens=ent.n_tokens, n_nonfinite=ent.n_nonfinite, hist_edges=edges, hist_counts=counts,
-        sel=sel, win=win, hover_of=hover_of, hovers=hovers,
-        logits=u, logit_top=cfg.logit_top, logit_hist=None if u is None else dense_histograms(u, cfg.logit_histogram_bins),
+    k = min(cfg.logit_top, model.cfg.d_vocab)
+    return FeatureTensors(
+        dictionary=ctx.d.name, ids=ids, can_be_negative=ctx.d.can_be_negative, n_ctx=n_ctx,
+        n_intervals=cfg.n_intervals, stats=st, n_tokens=ent.n_tokens, n_nonfinite=ent.n_nonfinite,
+        hist_edges=edges, hist_counts=counts, sel=sel, win=win, hover_of=hover_of, hovers=hovers,
+        logit_top=None if u is None else tuple(reversed(torch.topk(u, k, dim=1))),
+        logit_bottom=None if u is None else tuple(reversed(torch.topk(u, k, dim=1, largest=False))),
+        logit_hist=None if u is None else dense_histograms(u, cfg.logit_histogram_bins),
         alignment=neuron_alignment(ctx.decoder[idx], cfg.n_related),
         corr_neurons=correlated(acts.n_clean, hook_sums, sx, sxx, acts.sh, acts.shh, cfg.n_related,
-                                idx if neurons else None, with_cosine=True),
+                                idx if ctx.d.kind == "neurons" else None, with_cosine=True),
         corr_features=correlated(acts.n_clean, gram, sx, sxx, acts.sx, acts.sxx, cfg.n_related, idx, False),
-        neighbours=decoder_neighbours(ctx.decoder, idx, cfg.n_neighbours),
-        n_intervals=cfg.n_intervals, n_ctx=n_ctx,
-    ))
+        neighbours=decoder_neighbours(ctx.unit_decoder, idx, cfg.n_neighbours),
+    )
 
 
 def batch_hovers(model: HookedTransformer, cfg: FeaturesConfig, ctx: DictionaryContext, ent: BatchEntries,
                  idx: torch.Tensor, u: torch.Tensor | None, rows: torch.Tensor, flat: torch.Tensor,
-                 act: torch.Tensor, flat_tokens: torch.Tensor, n_ctx: int) -> HoverTable | None:
-    """Hover tables of the pairs (row, flat position), in pair order; None when effects are off."""
-    next_tok = flat_tokens[flat + 1]
+                 act: torch.Tensor, tokens: torch.Tensor) -> HoverTable | None:
+    """Hover tables of the pairs (row, flat position), sorted by (row, position), with
+    activations ``act``; None when effects are off."""
+    n_seq, n_ctx = tokens.shape
+    next_tok = tokens.reshape(-1)[flat + 1]
     if ctx.effects == "direct":
-        order = torch.argsort(flat * len(idx) + rows)  # by position: clean logits shared
+        order = torch.argsort(flat * len(idx) + rows)  # by position, so clean logits are shared
         table = direct_hovers(model, ctx.norm, ctx.final, u, rows[order], flat[order], act[order],
                               next_tok[order], cfg.hover_top)
-        back = torch.empty_like(order)
-        back[order] = torch.arange(len(order))
-        return HoverTable(*(getattr(table, f)[back] for f in HoverTable.__dataclass_fields__))
-    if ctx.effects == "exact":
-        seq = flat // n_ctx
-        run_keys, pair_run = torch.unique_consecutive(rows * (len(flat_tokens) // n_ctx) + seq, return_inverse=True)
-        n_seq = len(flat_tokens) // n_ctx
+        return table.take(torch.argsort(order))
+    if ctx.effects == "exact":  # one re-run per (feature, sequence)
+        run_keys, pair_run = torch.unique_consecutive(rows * n_seq + flat // n_ctx, return_inverse=True)
         run_rows, run_seq = run_keys // n_seq, run_keys % n_seq
         positions = run_seq[:, None] * n_ctx + torch.arange(n_ctx)  # [r, ctx]
-        run_acts = lookup(ent, len(flat_tokens), run_rows[:, None].expand_as(positions), positions)
-        return exact_hovers(model, ctx.d.hook_name, ctx.start, flat_tokens.view(-1, n_ctx), ctx.final, run_seq,
-                            run_acts, ctx.decoder[idx[run_rows]], pair_run, flat % n_ctx, next_tok,
-                            cfg.hover_top, cfg.token_batch_size)
+        run_acts = lookup(ent, n_seq * n_ctx, run_rows[:, None].expand_as(positions), positions)
+        return exact_hovers(model, ctx.d.hook_name, ctx.start, tokens, ctx.final, run_seq, run_acts,
+                            ctx.decoder[idx[run_rows]], pair_run, flat % n_ctx, next_tok, cfg.hover_top,
+                            cfg.token_batch_size)
     return None

@@ -69,54 +69,23 @@ def batch_path(cache: Path, dict_index: int, batch: int) -> Path:
     return cache / "features" / str(dict_index) / f"{batch:05d}.json"
 
 
-def _values_dict(t: TokenValues) -> dict:
-    return {"token_ids": t.token_ids, "values": t.values}
-
-
-def _hover_dict(h: Hover | None) -> dict | None:
-    if h is None:
-        return None
-    return {"loss_effect": h.loss_effect, "top": _values_dict(h.top), "bottom": _values_dict(h.bottom)}
-
-
-def _example_dict(e: Example) -> dict:
-    return {"seq": e.seq, "pos": e.pos, "start": e.start, "token_ids": e.token_ids, "acts": e.acts,
-            "hovers": [_hover_dict(h) for h in e.hovers]}
-
-
-def _group_dict(g: IntervalGroup | None) -> dict | None:
-    if g is None:
-        return None
-    return {"lower": g.lower, "upper": g.upper, "fraction": g.fraction,
-            "examples": [_example_dict(e) for e in g.examples]}
-
-
-def _ranked_dict(r: Ranked) -> dict:
-    return {"ids": r.ids, "values": r.values, "extra": r.extra}
-
-
-def feature_dict(f: FeatureData) -> dict:
-    """Equal to ``dataclasses.asdict(f)`` (sharing its lists), an order of magnitude faster."""
-    return {
-        "dictionary": f.dictionary, "feature": f.feature, "dead": f.dead, "n_tokens": f.n_tokens,
-        "n_nonfinite": f.n_nonfinite, "density": f.density, "max_act": f.max_act,
-        "mean_nonzero_act": f.mean_nonzero_act,
-        "act_histogram": {"edges": f.act_histogram.edges, "counts": f.act_histogram.counts},
-        "top_examples": [_example_dict(e) for e in f.top_examples],
-        "intervals": [_group_dict(g) for g in f.intervals],
-        "negative": _group_dict(f.negative),
-        "logit_top": _values_dict(f.logit_top), "logit_bottom": _values_dict(f.logit_bottom),
-        "logit_histogram": {"edges": f.logit_histogram.edges, "counts": f.logit_histogram.counts},
-        "neuron_alignment": _ranked_dict(f.neuron_alignment),
-        "correlated_neurons": _ranked_dict(f.correlated_neurons),
-        "correlated_features": _ranked_dict(f.correlated_features),
-        "decoder_neighbours": _ranked_dict(f.decoder_neighbours),
-        "top_tokens": _values_dict(f.top_tokens),
-    }
+def dumps_features(features: list[FeatureData]) -> bytes:
+    """``dumps([dataclasses.asdict(f) for f in features])``, without building the dicts."""
+    return json.dumps(features, default=vars, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                      allow_nan=False).encode()
 
 
 def write_batch(cache: Path, dict_index: int, batch: int, features: list[FeatureData]) -> None:
-    write_json(batch_path(cache, dict_index, batch), [feature_dict(f) for f in features])
+    write_batch_text(cache, dict_index, batch, dumps_features(features))
+
+
+def write_batch_text(cache: Path, dict_index: int, batch: int, text: bytes) -> None:
+    """Write a batch file from its JSON text (the engine's fast path, compute/serialise.py)."""
+    path = batch_path(cache, dict_index, batch)
+    try:
+        write_atomic(path, text)
+    except OSError as err:
+        raise SitegenError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
 def _token_values(d: dict) -> TokenValues:

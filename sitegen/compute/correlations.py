@@ -50,13 +50,19 @@ def cosine(sxy: torch.Tensor, sxx: torch.Tensor, syy: torch.Tensor) -> torch.Ten
 
 
 def top_ranked(score: torch.Tensor, valid: torch.Tensor, n: int, extra: torch.Tensor | None = None) -> RankedRows:
-    """The n highest valid scores of each row, ties by the lower column index."""
-    valid = valid & (score != 0)
-    keyed = torch.where(valid, score, float("-inf"))
-    order = torch.sort(keyed, dim=1, descending=True, stable=True).indices[:, :n]
-    values = score.gather(1, order)
-    count = valid.gather(1, order).sum(1)
-    return RankedRows(order, values, None if extra is None else extra.gather(1, order), count)
+    """The n highest valid non-zero scores of each row [B, K], ties by the lower column index."""
+    n = min(n, score.shape[1])
+    keyed = torch.where(valid & (score != 0), score, float("-inf"))
+    cut = torch.topk(keyed, n, dim=1).values[:, -1:]  # [B, 1] the n-th highest
+    above = keyed > cut
+    at_cut = keyed == cut
+    # of the columns tied at the cut, the lowest-index ones that fill the row up to n
+    chosen = above | (at_cut & (torch.cumsum(at_cut, 1) <= n - above.sum(1, keepdim=True)))
+    ids = chosen.nonzero()[:, 1].reshape(len(score), n)  # ascending per row
+    order = torch.sort(keyed.gather(1, ids), dim=1, descending=True, stable=True).indices
+    ids = ids.gather(1, order)
+    count = torch.isfinite(keyed.gather(1, ids)).sum(1)
+    return RankedRows(ids, score.gather(1, ids), None if extra is None else extra.gather(1, ids), count)
 
 
 def correlated(n: int, sxy: torch.Tensor, sx: torch.Tensor, sxx: torch.Tensor, sy: torch.Tensor,
@@ -68,11 +74,15 @@ def correlated(n: int, sxy: torch.Tensor, sx: torch.Tensor, sxx: torch.Tensor, s
     return top_ranked(r, ok, top, cosine(sxy, sxx, syy) if with_cosine else None)
 
 
-def decoder_neighbours(decoder: torch.Tensor, ids: torch.Tensor, top: int) -> RankedRows:
-    """Top ``top`` other features by cosine similarity of decoder rows ([d_sae, d_in])."""
-    unit = torch.nn.functional.normalize(decoder.double(), dim=1)
-    cos = unit[ids] @ unit.T  # [B, d_sae]
-    ok = (unit.norm(dim=1) > 0)[None, :].expand_as(cos).clone()
+def unit_rows(decoder: torch.Tensor) -> torch.Tensor:
+    """[d_sae, d_in] float32 decoder rows scaled to unit norm (zero rows stay zero)."""
+    return torch.nn.functional.normalize(decoder.float(), dim=1)
+
+
+def decoder_neighbours(unit: torch.Tensor, ids: torch.Tensor, top: int) -> RankedRows:
+    """Top ``top`` other features by cosine similarity of decoder rows (``unit_rows``)."""
+    cos = (unit[ids] @ unit.T).double()  # [B, d_sae]
+    ok = (unit.abs().sum(1) > 0)[None, :].expand_as(cos).clone()
     ok[torch.arange(len(ids)), ids] = False
     return top_ranked(cos, ok, top)
 

@@ -33,22 +33,23 @@ class NormConvention:
     present: bool  # the model has a final norm at all
 
     def note(self, effects: str, has_directions: bool) -> str:
-        if effects == "exact":
-            return ("hovers: exact re-run with the feature removed at every counted position of the sequence "
-                    "(SAE error kept, final norm recomputed); logit effects: " + self._direct())
+        """How logit effects and hovers treat the final norm, for the pages."""
         if not has_directions:
-            return "no logit effects or hovers: the hook is not linearly tied to the residual stream"
-        if effects == "none":
-            return "logit effects: " + self._direct() + "; hovers off (features.effects: none)"
-        frozen = "final-norm scale frozen at its clean value (as sae_vis)" if self.present else "no final norm"
-        return "logit effects and hovers: " + self._direct() + f"; hovers: {frozen}"
-
-    def _direct(self) -> str:
-        if not self.present:
-            return "decoder direction \u00b7 W_U (no final norm)"
-        centred = "mean-centred " if self.centre else ""
-        weight = " \u00b7 diag(ln_final.w)" if self.weight is not None else ""
-        return f"{centred}decoder direction{weight} \u00b7 W_U, final-norm scale ignored"
+            logits = "no logit effects: the hook is not linearly tied to the residual stream"
+        elif not self.present:
+            logits = "logit effects: decoder direction \u00b7 W_U (no final norm)"
+        else:
+            centred = "mean-centred " if self.centre else ""
+            weight = " \u00b7 diag(ln_final.w)" if self.weight is not None else ""
+            logits = f"logit effects: {centred}decoder direction{weight} \u00b7 W_U, final-norm scale ignored"
+        hovers = {
+            "exact": "hovers: the model re-run with the feature removed at every counted position of the "
+                     "sequence (SAE error kept, final norm recomputed)",
+            "direct": "hovers: direct path, final-norm scale frozen at its clean value (as sae_vis)"
+                      if self.present else "hovers: direct path",
+            "none": "no hovers",
+        }[effects]
+        return f"{logits}; {hovers}"
 
 
 def norm_convention(model: HookedTransformer) -> NormConvention:
@@ -80,11 +81,9 @@ class HoverTable:
     bottom_vals: torch.Tensor  # [h, k]
     ok: torch.Tensor  # [h] bool: all finite
 
-
-def empty_table(n: int, k: int) -> HoverTable:
-    z = torch.zeros(n, k)
-    i = torch.zeros(n, k, dtype=torch.int64)
-    return HoverTable(torch.zeros(n), i, z, i.clone(), z.clone(), torch.zeros(n, dtype=torch.bool))
+    def take(self, index: torch.Tensor) -> HoverTable:
+        """The rows ``index`` of every field."""
+        return HoverTable(*(getattr(self, f)[index] for f in HoverTable.__dataclass_fields__))
 
 
 def hover_rows(clean_lp: torch.Tensor, new: torch.Tensor, next_tok: torch.Tensor, k: int) -> HoverTable:
@@ -100,7 +99,8 @@ def hover_rows(clean_lp: torch.Tensor, new: torch.Tensor, next_tok: torch.Tensor
 
 def cat_tables(parts: list[HoverTable], k: int) -> HoverTable:
     if not parts:
-        return empty_table(0, k)
+        z, i = torch.zeros(0, k), torch.zeros(0, k, dtype=torch.int64)
+        return HoverTable(torch.zeros(0), i, z, i, z, torch.zeros(0, dtype=torch.bool))
     return HoverTable(*(torch.cat([getattr(p, f) for p in parts]) for f in HoverTable.__dataclass_fields__))
 
 
@@ -152,7 +152,7 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
             q = slice(s, min(hi, s + step))
             at, r, nxt = inv[q] - p, rows[q].to(device), next_tok[q].to(device)
             coef = (acts[q].to(device) / scale[at])[:, None]  # [h, 1]
-            new = pre[at] - coef * u[r]  # [h, V]
+            new = torch.addcmul(pre[at], coef, u[r], value=-1.0)  # [h, V] logits with the feature removed
             if clean_lp is not None:
                 parts.append(hover_rows(clean_lp[at], apply_softcap(new, cap), nxt, k))
                 continue

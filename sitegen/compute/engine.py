@@ -9,10 +9,13 @@ finally ``tokens.json`` and the manifest with ``complete: true``.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
@@ -24,15 +27,16 @@ from sitegen.compute.activations import (
     remove_stale_memmaps,
     start_layer,
 )
-from sitegen.compute.batch import DictionaryContext, build_batch
-from sitegen.compute.cache import batch_path, feature_dict, read_json, write_json
+from sitegen.compute.batch import DictionaryContext, batch_tensors
+from sitegen.compute.cache import batch_path, feature_data_from_dict, read_json, write_batch_text, write_json
+from sitegen.compute.correlations import unit_rows
 from sitegen.compute.effects import NormConvention, norm_convention
-from sitegen.compute.feature_data import DictionarySummary
+from sitegen.compute.feature_data import DictionarySummary, FeatureData
 from sitegen.compute.manifest import manifest_head, stale_reason
+from sitegen.compute.serialise import batch_output
 from sitegen.compute.store import NeuronActs, SparseActs
 from sitegen.errors import SitegenError
 from sitegen.sources import Sources
-from sitegen.sources.dictionaries import Dictionary
 
 
 def say(msg: str) -> None:
@@ -43,14 +47,15 @@ def batches_of(ids: list[int], size: int) -> list[list[int]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
-def dictionary_effects(d: Dictionary, effects: str, directions: torch.Tensor | None) -> str:
+def dictionary_effects(effects: str, directions: torch.Tensor | None) -> str:
+    """The configured effects, or "none" where direct effects have no residual direction."""
     return "none" if effects == "direct" and directions is None else effects
 
 
 def summaries_of(src: Sources, norm: NormConvention, directions: list) -> list[DictionarySummary]:
     out = []
     for d, dirs in zip(src.dictionaries, directions):
-        effects = dictionary_effects(d, src.config.features.effects, dirs)
+        effects = dictionary_effects(src.config.features.effects, dirs)
         out.append(DictionarySummary(d.name, d.kind, d.hook_name, d.d_in, d.d_sae, list(d.feature_ids), effects,
                                      norm.note(effects, dirs is not None)))
     return out
@@ -68,20 +73,16 @@ def remove_partial_files(cache_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def referenced_tokens(fd: dict) -> set[int]:
-    """Token ids a FeatureData (as a dict) shows anywhere."""
-    ids = set(fd["top_tokens"]["token_ids"]) | set(fd["logit_top"]["token_ids"]) | set(fd["logit_bottom"]["token_ids"])
-    groups = [fd["top_examples"]] + [g["examples"] for g in fd["intervals"]]
-    if fd["negative"] is not None:
-        groups.append(fd["negative"]["examples"])
+def referenced_tokens(fd: FeatureData, ids: set[int]) -> None:
+    """Add the token ids a FeatureData shows anywhere to ``ids``."""
+    ids.update(fd.top_tokens.token_ids, fd.logit_top.token_ids, fd.logit_bottom.token_ids)
+    groups = [fd.top_examples] + [g.examples for g in fd.intervals] + ([fd.negative.examples] if fd.negative else [])
     for examples in groups:
         for ex in examples:
-            ids.update(ex["token_ids"])
-            for h in ex["hovers"]:
+            ids.update(ex.token_ids)
+            for h in ex.hovers:
                 if h is not None:
-                    ids.update(h["top"]["token_ids"])
-                    ids.update(h["bottom"]["token_ids"])
-    return ids
+                    ids.update(h.top.token_ids, h.bottom.token_ids)
 
 
 def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path, progress: bool) -> ActivationCache:
@@ -91,7 +92,7 @@ def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path
     for i in todo:
         d = src.dictionaries[i]
         widths[d.hook_name] = d.d_in
-        effects = dictionary_effects(d, fc.effects, directions[i])
+        effects = dictionary_effects(fc.effects, directions[i])
         if effects != "none":
             widths[final_resid_hook(model)] = model.cfg.d_model
         if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
@@ -105,14 +106,16 @@ def context_for(src: Sources, i: int, cache: ActivationCache, norm: NormConventi
     d, model, data = src.dictionaries[i], src.model, src.data
     counted = ~data.ignore.reshape(-1)
     hook = cache.acts[d.hook_name]
-    acts = NeuronActs(d, hook, counted) if d.kind == "neurons" else SparseActs(d, hook, counted, progress)
-    effects = dictionary_effects(d, src.config.features.effects, directions)
+    acts = (NeuronActs(d, hook, counted) if d.kind == "neurons" else
+            SparseActs(d, hook, counted, model.cfg.device, progress))
+    effects = dictionary_effects(src.config.features.effects, directions)
     final = cache.acts.get(final_resid_hook(model)) if effects != "none" else None
     start = None
     if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
         start = cache.acts[f"blocks.{layer}.hook_resid_pre"].view(*data.tokens.shape, model.cfg.d_model)
-    return DictionaryContext(i, d, acts, d.decoder().float().cpu(), None if directions is None else
-                             directions.float().cpu(), effects, norm, final, start, src.config.seed)
+    decoder = d.decoder().detach().float().cpu()
+    return DictionaryContext(i, d, acts, decoder, unit_rows(decoder), None if directions is None else
+                             directions.detach().float().cpu(), effects, norm, final, start, src.config.seed)
 
 
 def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True) -> dict:
@@ -152,18 +155,14 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
         model_passes, seconds["model pass"] = cache.model_passes, cache.seconds
         try:
             for i in todo:
+                name = src.dictionaries[i].name
                 t0 = time.perf_counter()
                 ctx = context_for(src, i, cache, norm, directions[i], progress)
-                seconds[f"encode {src.dictionaries[i].name}"] = time.perf_counter() - t0
+                seconds[f"encode {name}"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                for b in tqdm(missing[i], desc=f"features {src.dictionaries[i].name}", unit="batch",
-                              disable=not progress):
-                    dicts = [feature_dict(f) for f in build_batch(src.model, src.data.tokens, fc, ctx, plan[i][b])]
-                    write_json(batch_path(cache_dir, i, b), dicts)
-                    for fd in dicts:
-                        tokens |= referenced_tokens(fd)
-                        n_nonfinite += fd["n_nonfinite"]
-                seconds[f"features {src.dictionaries[i].name}"] = time.perf_counter() - t0
+                todo_batches = [(b, plan[i][b]) for b in missing[i]]
+                n_nonfinite += write_batches(src, ctx, cache_dir, todo_batches, tokens, progress)
+                seconds[f"features {name}"] = time.perf_counter() - t0
                 del ctx
         finally:
             cache.close()
@@ -171,7 +170,7 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     for i, p in enumerate(plan):
         for b in set(range(len(p))) - set(missing[i]):
             for fd in read_json(batch_path(cache_dir, i, b)):
-                tokens |= referenced_tokens(fd)
+                referenced_tokens(feature_data_from_dict(fd), tokens)
                 n_nonfinite += fd["n_nonfinite"]
     ordered = sorted(tokens)
     write_json(cache_dir / "tokens.json", {str(t): s for t, s in zip(ordered, src.token_texts(ordered))})
@@ -184,6 +183,33 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
         say("feature cache: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     return {**manifest, "stats": {**stats, "model_passes": model_passes, "reused_batches": reused,
                                   "seconds": seconds}}
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Cyclic GC off: a batch creates ~10^5 short-lived acyclic objects (its JSON pieces),
+    and the collector's repeated scans of them would double the time spent on them."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def write_batches(src: Sources, ctx: DictionaryContext, cache_dir: Path, batches: list[tuple[int, list[int]]],
+                  tokens: set[int], progress: bool) -> int:
+    """Build and write batches (number, feature ids) of one dictionary; add their token ids
+    to ``tokens``; return their NaN/inf count."""
+    n_nonfinite = 0
+    with paused_gc():
+        for b, ids in tqdm(batches, desc=f"features {ctx.d.name}", unit="batch", disable=not progress):
+            out = batch_output(batch_tensors(src.model, src.data.tokens, src.config.features, ctx, ids))
+            write_batch_text(cache_dir, ctx.index, b, out.text)
+            tokens.update(out.token_ids)
+            n_nonfinite += out.n_nonfinite
+    return n_nonfinite
 
 
 def read_json_or_none(path: Path) -> dict | None:

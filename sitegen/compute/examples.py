@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sitegen.compute.stats import BatchStats
-from sitegen.compute.store import BatchEntries
+from sitegen.compute.store import BatchEntries, ranges
 from sitegen.config import FeaturesConfig
 
 TOP, NEGATIVE = -1, -2  # group ids beside the interval numbers 0..n_intervals-1
@@ -53,19 +53,13 @@ def float_order(val: torch.Tensor) -> torch.Tensor:
 def first_of_segments(seg: torch.Tensor, n_seg: int, take: torch.Tensor) -> torch.Tensor:
     """Positions (into a tensor sorted by ``seg``) of the first ``take[s]`` items of each segment s."""
     count = torch.bincount(seg, minlength=n_seg)
-    start = torch.cumsum(count, 0) - count
-    take = torch.minimum(take, count)
-    rows = torch.repeat_interleave(torch.arange(n_seg), take)
-    offsets = torch.cumsum(take, 0) - take
-    return torch.arange(int(take.sum())) - offsets[rows] + start[rows]
+    return ranges(torch.cumsum(count, 0) - count, torch.minimum(take, count))[0]
 
 
-def stable_order(*keys: torch.Tensor) -> torch.Tensor:
-    """Permutation sorting by keys[0], then keys[1], ... (ties keep input order)."""
-    order = torch.arange(len(keys[0]))
-    for key in reversed(keys):
-        order = order[torch.sort(key[order], stable=True).indices]
-    return order
+def stable_order(major: torch.Tensor, minor: torch.Tensor) -> torch.Tensor:
+    """Permutation sorting by (major, minor), ties keeping input order; major >= 0 and
+    0 <= minor < 2**32, so one stable sort of major * 2**32 + minor does it."""
+    return torch.sort((major << 32) | minor, stable=True).indices
 
 
 def interval_index(val: torch.Tensor, top: torch.Tensor, n: int) -> torch.Tensor:
@@ -78,11 +72,11 @@ def interval_index(val: torch.Tensor, top: torch.Tensor, n: int) -> torch.Tensor
 
 
 def interval_keys(rows: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-    """[m] float64 uniform keys for entries grouped by row, each row from its own seed."""
+    """[m] uniform random keys in [0, 2**32) for entries grouped by row, each row's from its own seed."""
     count = torch.bincount(rows, minlength=len(seeds)).tolist()
-    parts = [torch.rand(c, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+    parts = [torch.randint(0, 1 << 32, (c,), generator=torch.Generator().manual_seed(s))
              for c, s in zip(count, seeds)]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
 
 def select_examples(ent: BatchEntries, st: BatchStats, cfg: FeaturesConfig, seeds: list[int],
@@ -111,7 +105,7 @@ def select_examples(ent: BatchEntries, st: BatchStats, cfg: FeaturesConfig, seed
     row = torch.cat([g[0] for g in groups])
     group = torch.cat([g[1] for g in groups])
     sel_tok = torch.cat([g[2] for g in groups])
-    order = stable_order(row)  # within a row, groups stay in TOP, intervals, NEGATIVE order
+    order = torch.sort(row, stable=True).indices  # within a row, groups stay in TOP, intervals, NEGATIVE order
     return Selection(row[order], group[order], sel_tok[order], counts, tt_ids, tt_counts, tt_rows)
 
 
@@ -123,7 +117,7 @@ def top_tokens(rows: torch.Tensor, ids: torch.Tensor, n_rows: int, n: int):
     span = int(ids.max()) + 1
     keys, counts = torch.unique(rows * span + ids, return_counts=True)  # sorted by (row, id)
     key_rows = keys // span
-    order = stable_order(key_rows, -counts)
+    order = stable_order(key_rows, (1 << 32) - 1 - counts)
     keep = order[first_of_segments(key_rows[order], n_rows, torch.full((n_rows,), n))]
     return key_rows[keep], keys[keep] % span, counts[keep]
 

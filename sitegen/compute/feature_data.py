@@ -29,7 +29,10 @@ class TokenValues:
 
 @dataclass
 class Hover:
-    """What removing this feature at one position does to the next-token prediction."""
+    """What removing this feature does to the next-token prediction at one position
+    (effects "direct": removed at that position, direct path through the final norm with
+    its scale frozen; "exact": removed at every counted position of the sequence, the
+    model re-run)."""
 
     loss_effect: float  # change in next-token loss (nats); < 0: the feature hurt, > 0: it helped
     top: TokenValues  # largest log-prob increases when the feature is removed
@@ -44,16 +47,19 @@ class Example:
     pos: int  # position of the selected activation within the sequence
     start: int  # position of the first shown token
     token_ids: list[int]  # [window]
-    acts: list[float]  # [window] feature activation at each shown token
+    acts: list[float]  # [window] feature activation at each shown token (0 where not counted: BOS, NaN/inf)
     # [window] None where the activation is 0 or there is no next token to predict
     hovers: list[Hover | None]
 
 
 @dataclass
 class IntervalGroup:
-    lower: float  # exclusive
-    upper: float  # inclusive
-    fraction: float  # share of all non-zero (or, for the negative group, negative) activations inside
+    """An activation interval (lower, upper] and random examples from it; or, as
+    ``FeatureData.negative``, [lower = most negative, upper = 0) and the most negative examples."""
+
+    lower: float  # exclusive (negative group: inclusive)
+    upper: float  # inclusive (negative group: exclusive)
+    fraction: float  # share of all non-zero activations inside
     examples: list[Example]
 
 
@@ -87,7 +93,9 @@ class FeatureData:
     correlated_neurons: Ranked  # hook dims by Pearson r; extra = cosine similarity
     correlated_features: Ranked  # features of the whole dictionary by Pearson r
     decoder_neighbours: Ranked  # features by cosine similarity of decoder directions
-    top_tokens: TokenValues  # tokens most often at the feature's top activations; values = counts
+    # tokens most often at the positions of the feature's top 1% positive activations (at least
+    # top_examples positions; ties in activation by position); values = counts
+    top_tokens: TokenValues
 
 
 @dataclass

@@ -75,6 +75,9 @@ def stale_reason(old: dict, head: dict) -> str | None:
     """Why a cache with manifest ``old`` cannot be reused for ``head`` (None: it can)."""
     if old.get("format") != head["format"]:
         return f"cache format {old.get('format')} != {head['format']}"
+    old_version = old.get("provenance", {}).get("sitegen_version")
+    if old_version != __version__:
+        return f"built by sitegen {old_version}, this is {__version__}"
     old_fp, new_fp = old.get("fingerprints", {}), head["fingerprints"]
     changed = sorted(k for k in set(old_fp) | set(new_fp) if old_fp.get(k) != new_fp.get(k))
     if changed:

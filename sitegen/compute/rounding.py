@@ -37,5 +37,7 @@ def round_sig(t: torch.Tensor) -> torch.Tensor:
 
 
 def rounded(t: torch.Tensor) -> list:
-    """``round_sig(t).tolist()``: (nested) Python floats, ready for JSON."""
+    """``round_sig(t).tolist()``: (nested) Python floats, ready for JSON (which has no NaN/inf)."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("non-finite value in the feature data")
     return round_sig(t).tolist()

@@ -43,13 +43,19 @@ def batch_stats(ent: BatchEntries, n_rows: int) -> BatchStats:
 
 
 def numpy_edges(lo: torch.Tensor, hi: torch.Tensor, empty: torch.Tensor, bins: int) -> torch.Tensor:
-    """[R, bins + 1] float32: the edges numpy.histogram(values, bins) uses for values
-    with these minima/maxima (``empty``: no values, edges over [0, 1])."""
-    out = np.empty((len(lo), bins + 1), dtype=np.float32)
-    for i, (a, b, e) in enumerate(zip(lo.tolist(), hi.tolist(), empty.tolist())):
-        sample = np.array([] if e else [a, b], dtype=np.float32)
-        out[i] = np.histogram_bin_edges(sample, bins)
-    return torch.from_numpy(out)
+    """[R, bins + 1] float32: the edges numpy.histogram(values, bins) uses for float32 values
+    with these minima/maxima (``empty``: no values), reproducing np.linspace in float32."""
+    lo, hi = lo.float().clone(), hi.float().clone()
+    same = lo == hi
+    lo[same] -= 0.5
+    hi[same] += 0.5
+    delta = (hi - lo)[:, None]
+    step = delta / bins
+    ramp = torch.arange(bins + 1, dtype=torch.float32)[None, :]
+    edges = torch.where(step == 0, ramp / bins * delta, ramp * step) + lo[:, None]
+    edges[:, -1] = hi
+    edges[empty] = torch.from_numpy(np.histogram_bin_edges(np.zeros(0, np.float32), bins).astype(np.float32))
+    return edges
 
 
 def bin_index(edges: torch.Tensor, rows: torch.Tensor, val: torch.Tensor) -> torch.Tensor:

@@ -41,12 +41,11 @@ class BatchEntries:
         return self.rows * n_tok + self.tok
 
 
-def segment_index(ptr: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated ranges ptr[i]:ptr[i+1] for i in ids -> (positions [m], row of each [m])."""
-    starts, lens = ptr[ids], ptr[ids + 1] - ptr[ids]
-    rows = torch.repeat_interleave(torch.arange(len(ids)), lens)
+def ranges(starts: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated ranges starts[i] : starts[i] + lens[i] -> (positions [m], range of each [m])."""
+    which = torch.repeat_interleave(torch.arange(len(lens)), lens)
     offsets = torch.cumsum(lens, 0) - lens
-    return torch.arange(int(lens.sum())) - offsets[rows] + starts[rows], rows
+    return torch.arange(int(lens.sum())) - offsets[which] + starts[which], which
 
 
 def finite_rows(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +65,8 @@ class SparseActs:
     """All activations of an SAE, from one full encode, as non-zero entries; the sums over
     hook dimensions are streamed in the same pass (token chunks in float32, added in float64)."""
 
-    def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, progress: bool):
+    def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, device: str | torch.device,
+                 progress: bool):
         start = time.perf_counter()
         n_tok, d_sae, d_in = len(hook), d.d_sae, hook.shape[1]  # hook: [n_tok, d_in]; counted: [n_tok]
         self.n_tok, self.d_sae = n_tok, d_sae
@@ -81,7 +81,7 @@ class SparseActs:
         step = chunk_rows(d_sae)
         for s in tqdm(range(0, n_tok, step), desc=f"encode {d.name}", unit="chunk", disable=not progress):
             h = hook[s : s + step]  # [c, d_in]
-            acts = d.encode(h)  # [c, d_sae]
+            acts = d.encode(h.to(device)).cpu()  # [c, d_sae]
             flat = acts.view(-1).nonzero().squeeze(1)  # token-major; NaN counts as non-zero
             row, feat, val = flat // d_sae, flat % d_sae, acts.view(-1)[flat]
             keep = counted[s : s + step]
@@ -118,7 +118,7 @@ class SparseActs:
         self.seconds = time.perf_counter() - start
 
     def entries(self, ids: torch.Tensor) -> BatchEntries:
-        pos, rows = segment_index(self.ptr, ids)
+        pos, rows = ranges(self.ptr[ids], self.ptr[ids + 1] - self.ptr[ids])
         n_nonfinite = self.nonfinite[ids]
         return BatchEntries(rows, self.csc_tok[pos], self.csc_val[pos], self.n_counted - n_nonfinite, n_nonfinite)
 
