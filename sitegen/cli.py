@@ -103,7 +103,10 @@ def build(config_path: Path, out: Path | None) -> None:
     cfg, sources = load(config_path)
     say(describe(sources))
     cache = cache_dir(cfg)
-    build_feature_cache(sources, cache)
+    stats = build_feature_cache(sources, cache)["stats"]
+    n_features = sum(len(d.feature_ids) for d in sources.dictionaries)
+    say(f"[sitegen] {n_features} features from {stats['model_passes']} model pass(es); "
+        f"{stats['reused_batches']} feature batches reused; {stats['n_nonfinite']} non-finite activations excluded")
     render_site(cache, cfg, out_dir)
     click.echo(f"site written to {out_dir}")
 
@@ -141,7 +144,10 @@ def serve(site: Path, port: int) -> None:
         raise SitegenError(f"--port: cannot listen on 127.0.0.1:{port} ({err.strerror})") from None
     click.echo(f"serving {site} on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
     with server:
-        server.serve_forever()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            click.echo("stopped")
 
 
 @cli.command()

@@ -19,6 +19,11 @@ from test_config_errors import run_cli
 SITEGEN = [sys.executable, "-c", "from sitegen.cli import main; main()"]
 
 
+def interruptible() -> None:
+    """In the child: take SIGINT as Ctrl-C even when a background shell made us ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -92,12 +97,13 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     config = write_project(tmp_path, n_seq=48, extra=extra)
     cache = config.parent / ".sitegen-cache"
     proc = subprocess.Popen([*SITEGEN, "build", "--config", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     deadline = time.time() + 300
     while time.time() < deadline and not list(cache.glob("features/*/*.json")):
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    assert not (config.parent / "site").exists(), "the build must stop before rendering"
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("interrupted"), err
     assert "Traceback" not in err
@@ -152,7 +158,7 @@ def test_serve_previews_the_site(monkeypatch, capsys, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([*SITEGEN, "serve", str(config.parent / "site"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible)
     try:
         for _ in range(200):
             try:
@@ -183,13 +189,13 @@ def test_embedded_default_small_slice(monkeypatch, capsys, tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     err = build(monkeypatch, capsys, config)
     assert "dictionary 'sae-l6': sae on blocks.6.hook_resid_post, d_in 640, d_sae 4096" in err
+    assert "10 features from 1 model pass(es)" in err
     site = tmp_path / "site"
     assert len(list(site.glob("features/*/*.html"))) == 10
     code, _, _ = run_cli(monkeypatch, capsys, "check", str(site))
     assert code == 0
     from sitegen.compute.cache import read_features, read_manifest
 
-    manifest = read_manifest(tmp_path / ".sitegen-cache")
-    assert manifest["stats"]["model_passes"] == 1
+    assert read_manifest(tmp_path / ".sitegen-cache")["complete"]
     live = [f for f in read_features(tmp_path / ".sitegen-cache", 0) if not f.dead]
     assert live and all(0 < f.density < 1 and f.max_act > 0 for f in live)

@@ -22,7 +22,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap, softc
 
 from sitegen.compute.activations import start_layer
 
-CHUNK_ELEMENTS = 1 << 23  # [rows, d_vocab] elements per hover chunk
+CHUNK_ELEMENTS = 1 << 25  # [rows, d_vocab] elements per hover chunk (128 MiB of float32)
 
 
 @dataclass
