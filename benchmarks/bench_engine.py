@@ -34,7 +34,7 @@ from sitegen.sources import load_sources  # noqa: E402
 from sitegen.sources.model import save_tl_checkpoint  # noqa: E402
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-seq", type=int, default=2048)
     p.add_argument("--ctx", type=int, default=128)
@@ -49,7 +49,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="256 sequences, 1024 features")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.small:
         args.n_seq, args.d_sae = 256, 1024
     return args

