@@ -199,3 +199,20 @@ def test_embedded_default_small_slice(monkeypatch, capsys, tmp_path):
     assert read_manifest(tmp_path / ".sitegen-cache")["complete"]
     live = [f for f in read_features(tmp_path / ".sitegen-cache", 0) if not f.dead]
     assert live and all(0 < f.density < 1 and f.max_act > 0 for f in live)
+
+
+def test_all_dead_dictionary_still_builds(monkeypatch, capsys, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    config = write_project(tmp_path, neurons=False)
+    weights = tmp_path / "sae" / "sae_weights.safetensors"
+    state = load_file(weights)
+    state["b_enc"] = state["b_enc"] - 1e4  # no feature can ever fire
+    save_file(state, weights)
+    build(monkeypatch, capsys, config)
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "every built feature of this dictionary is dead" in index
+    page = (tmp_path / "site" / "features" / "0" / "5.html").read_text()
+    assert "dead" in page.lower()
+    code, _, _ = run_cli(monkeypatch, capsys, "check", str(tmp_path / "site"))
+    assert code == 0

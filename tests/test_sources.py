@@ -184,3 +184,5 @@ def test_local_hf_checkpoint_folder(tmp_path):
     assert sources.model.cfg.n_layers == 18 and sources.model.cfg.d_vocab == 262144
     assert sources.data.tokens.shape == (2, 128)
     assert sources.token_texts([int(sources.data.tokens[0, 0])]) == ["<bos>"]
+    byte_piece = sources.model.tokenizer.convert_tokens_to_ids("<0xE2>")  # partial UTF-8 alone
+    assert sources.token_texts([byte_piece]) == ["<0xE2>"]
