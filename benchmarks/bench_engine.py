@@ -40,7 +40,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ctx", type=int, default=128)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--d-vocab", type=int, default=4096)
+    p.add_argument("--d-vocab", type=int, default=512)
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--hook", default="blocks.1.hook_resid_pre")
     p.add_argument("--effects", default="direct", choices=["direct", "exact", "none"])
