@@ -21,7 +21,7 @@ from sitegen.compute.cache import dictionary_summaries, read_features, read_mani
 from sitegen.config import load_config
 from sitegen.sources import load_sources
 
-SEEDS = [0, random.randrange(10**6)]
+SEEDS = [0, 278569, random.randrange(10**6)]  # 278569: a near-tie at the top-3 cut
 RTOL = 1e-3  # 4 significant digits: rounding error <= 5e-4 relative
 
 
@@ -74,6 +74,13 @@ class Reference:
         return idx[np.lexsort((idx, -sign * a[idx]))]
 
 
+def near_bounds(values: np.ndarray, bounds: np.ndarray, rel: float = 1e-5) -> int:
+    """How many values lie so close to a bin bound that float noise between the engine's and
+    this reference's activations (different batch shapes) could move them across it."""
+    gap = np.abs(values[:, None] - bounds[None, :]).min(1) if len(values) and len(bounds) else np.zeros(0)
+    return int((gap <= rel * np.maximum(np.abs(values), 1e-30)).sum())
+
+
 def check_example(ref: Reference, f: int, ex, cfg, seed: int) -> float:
     """Window, tokens, acts and hover presence of one example; returns its reference activation."""
     a, _ = ref.column(f)
@@ -96,14 +103,16 @@ def check_ranked(got, score: np.ndarray, valid: np.ndarray, n: int, what: str, e
     """got (Ranked) = top n valid scores (reported as ``shown``, default the score), ties tolerated."""
     shown = score if shown is None else shown
     cand = np.nonzero(valid & (score != 0))[0]
-    order = cand[np.lexsort((cand, -score[cand]))][:n]
+    ranked = cand[np.lexsort((cand, -score[cand]))]
+    order = ranked[:n]
     assert len(got.ids) == len(order), f"{what}: {got.ids} vs {order.tolist()}"
     for i, (gid, gval) in enumerate(zip(got.ids, got.values)):
         assert valid[gid] and close(gval, shown[gid], atol), f"{what}: id {gid} value {gval} vs {shown[gid]}"
         assert close(abs(gval), abs(shown[order[i]]), atol), f"{what}: rank {i} {gval} vs {shown[order[i]]}"
         if extra is not None:
             assert close(got.extra[i], extra[gid], atol), f"{what}: extra of {gid} {got.extra[i]} vs {extra[gid]}"
-    gaps = np.diff(score[order]) if len(order) > 1 else np.array([-1.0])
+    # ids must match exactly unless two scores within the top n + 1 (the cut included) nearly tie
+    gaps = np.diff(score[ranked[: n + 1]]) if len(ranked) > 1 else np.array([-1.0])
     if np.all(np.abs(gaps) > 1e-4):
         assert got.ids == order.tolist(), f"{what}: ids {got.ids} vs {order.tolist()}"
 
@@ -122,7 +131,8 @@ def check_feature(ref: Reference, fd, cfg, seed: int) -> None:
     assert close(fd.max_act, max_ref), f"{msg} max {fd.max_act} {max_ref}"
     assert close(fd.mean_nonzero_act, float(nz.mean()) if len(nz) else 0.0), f"{msg} mean"
     counts, edges = np.histogram(nz.astype(np.float32), cfg.histogram_bins)
-    assert fd.act_histogram.counts == counts.tolist(), f"{msg} histogram"
+    moved = np.abs(np.array(fd.act_histogram.counts) - counts).sum()
+    assert moved <= 2 * near_bounds(nz, edges[1:-1]), f"{msg} histogram {fd.act_histogram.counts} {counts.tolist()}"
     assert all(close(x, y) for x, y in zip(fd.act_histogram.edges, edges)), f"{msg} edges"
     # top examples: the top_examples largest, distinct positions
     order = ref.ranked_positions(f, +1)[: cfg.top_examples]
@@ -143,7 +153,10 @@ def check_feature(ref: Reference, fd, cfg, seed: int) -> None:
             lo, hi = max_ref * i / cfg.n_intervals, max_ref * (i + 1) / cfg.n_intervals
             inside = ok & (a > lo) & (a <= hi)
             assert close(g.lower, lo) and close(g.upper, hi), f"{msg} interval {i} bounds"
-            assert close(g.fraction, inside.sum() / len(nz)), f"{msg} interval {i} fraction"
+            inner = [b for b, outer in ((lo, i == 0), (hi, i == cfg.n_intervals - 1)) if not outer]
+            slack = near_bounds(a[ok], np.array(inner))
+            assert abs(g.fraction * len(nz) - inside.sum()) <= slack + 1e-3 * inside.sum() + 1e-9, \
+                f"{msg} interval {i} fraction"
             assert len(g.examples) == min(cfg.examples_per_interval, int(inside.sum())), f"{msg} interval {i} n"
             assert len({(e.seq, e.pos) for e in g.examples}) == len(g.examples), msg
             for ex in g.examples:
