@@ -22,7 +22,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap, softc
 
 from sitegen.compute.activations import start_layer
 
-CHUNK_ELEMENTS = 1 << 25  # [rows, d_vocab] elements per hover chunk (128 MiB of float32)
+CHUNK_ELEMENTS = 1 << 23  # [rows, d_vocab] elements per hover chunk (32 MiB of float32)
 
 
 @dataclass
@@ -104,10 +104,16 @@ def cat_tables(parts: list[HoverTable], k: int) -> HoverTable:
     return HoverTable(*(torch.cat([getattr(p, f) for p in parts]) for f in HoverTable.__dataclass_fields__))
 
 
+def unembed(model: HookedTransformer, x: torch.Tensor) -> torch.Tensor:
+    """[n, V] = x @ W_U + b_U, as model.unembed computes it but without its per-call copy of
+    W_U (a d_model x d_vocab transpose, 0.67 GB for Gemma's vocabulary)."""
+    return torch.addmm(model.b_U, x, model.W_U)
+
+
 def final_logits(model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor:
     """[n, V]: the model's own final norm, unembedding and soft-cap on final residuals [n, d_model]."""
     x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
-    return apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)
+    return apply_softcap(unembed(model, x), model.cfg.output_logits_soft_cap)
 
 
 def frozen_scale(norm: NormConvention, resid: torch.Tensor, eps: float) -> torch.Tensor:
@@ -143,7 +149,7 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
     parts = []
     for p in range(0, len(where), step):
         resid = final[where[p : p + step]].to(device)  # [p, d_model]
-        pre = model.unembed(model.ln_final(resid) if norm.present else resid).float()  # [p, V] before any cap
+        pre = unembed(model, model.ln_final(resid) if norm.present else resid).float()  # [p, V] before any cap
         scale = frozen_scale(norm, resid, model.cfg.eps)
         clean_lp = torch.log_softmax(apply_softcap(pre, cap), 1) if softcap_enabled(cap) else None
         clean_lse = torch.logsumexp(pre, 1)
