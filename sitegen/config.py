@@ -65,6 +65,7 @@ class FeaturesConfig:
     whole_sequence: bool = False  # show whole sequences instead of windows
     n_intervals: int = 10
     examples_per_interval: int = 5
+    negative_examples: int = 10  # the most negative activations, for dictionaries that can go negative
     logit_top: int = 10
     logit_histogram_bins: int = 40
     hover_top: int = 5
@@ -106,7 +107,7 @@ POSITIVE = {
     "logit_top", "logit_histogram_bins", "hover_top", "n_related", "n_neighbours",
     "n_top_tokens",
 }
-NON_NEGATIVE = {"context_before", "context_after", "examples_per_interval", "layer", "seed"}
+NON_NEGATIVE = {"context_before", "context_after", "examples_per_interval", "negative_examples", "layer", "seed"}
 
 
 def _type_name(tp: Any) -> str:

@@ -6,22 +6,56 @@
   var D = JSON.parse(document.getElementById("data").textContent);
   var T = D.tokens, NS = "http://www.w3.org/2000/svg", maxAct = D.max_act, minAct = 0, maxLoss = 0;
 
-  // Each example's actives ([offset, activation] or [offset, activation, loss, list,
-  // changes..., list, changes...]) become ex[4] = activation per token and
-  // ex[5] = {offset: {loss, up: [token indexes, changes], down: [...]}}.
-  function hover(a) {
+  // Every example becomes ex[4] = activation per token, ex[5] = {offset: {loss, up: [token
+  // indexes, changes], down: [...]}}, from either hover encoding (feature_page.py).
+  function r4(x) { return +x.toPrecision(4); }
+  function floats24(s) {  // base64 of big-endian 24-bit floats (float32 less its low byte)
+    var b = atob(s), v = new DataView(new ArrayBuffer(4)), out = [];
+    for (var i = 0; i + 2 < b.length; i += 3) {
+      v.setUint32(0, (b.charCodeAt(i) << 24 | b.charCodeAt(i + 1) << 16 | b.charCodeAt(i + 2) << 8) >>> 0);
+      out.push(v.getFloat32(0));
+    }
+    return out;
+  }
+  // Direct hovers: the changes are affine in u, through (lowest u, r[2]) and (highest u, r[3]);
+  // each is known to 2^-16 of the larger end, so shown to no more decimals than that.
+  function changes(side, r) {
+    var big = Math.max(Math.abs(r[2]), Math.abs(r[3])), places = big ? Math.floor(4.82 - Math.log10(big)) : 0;
+    return [side[0], side[1].map(function (u) {
+      var v = r[2] + (u - uMin) / (uMax - uMin || 1) * (r[3] - r[2]);
+      return r4(+v.toFixed(Math.min(Math.max(places, 0), 100)));
+    })];
+  }
+  function listed(a) {  // [offset, act, loss, list, changes..., list, changes...]
     var up = D.lists[a[3]], at = 4 + up.length, down = D.lists[a[at]];
     return {loss: a[2], up: [up, a.slice(4, at)], down: [down, a.slice(at + 1, at + 1 + down.length)]};
   }
+  var R = D.h ? floats24(D.h) : null, at = 0, seen = {}, B = D.basis, half = B ? B[0].length / 2 : 0;
+  var low = B && [B[0].slice(0, half), B[1].slice(0, half)], high = B && [B[0].slice(half), B[1].slice(half)];
+  var uMin = B && B[1][0], uMax = B && B[1][half];
   D.groups.forEach(function (g) {
     g.forEach(function (ex) {
       var acts = ex[3].map(function () { return 0; }), hovers = {};
-      ex[4].forEach(function (a) {
-        acts[a[0]] = a[1];
-        minAct = Math.min(minAct, a[1]);
-        if (a.length > 2) {
-          hovers[a[0]] = hover(a);
-          maxLoss = Math.max(maxLoss, Math.abs(a[2]));
+      (ex.length > 4 ? ex[4] : ex[3].map(function (t, k) { return k; })).forEach(function (a) {
+        var k = R ? a : a[0], h = null;
+        if (R) {  // one record per (sequence, position), in order of first appearance
+          var key = ex[0] + ":" + (ex[2] + k), rec = seen[key];
+          if (!rec) {
+            var r = R.slice(at, at + 4), up = r[2] > r[3] ? low : high;  // r[2] > r[3]: coef > 0
+            at += 4;
+            rec = seen[key] = [r4(r[0]), r[1] === r[1] ? {loss: r4(r[1]), up: changes(up, r),
+              down: changes(up === low ? high : low, r)} : null];
+          }
+          acts[k] = rec[0];
+          h = rec[1];
+        } else {
+          acts[k] = a[1];
+          if (a.length > 2) h = listed(a);
+        }
+        minAct = Math.min(minAct, acts[k]);
+        if (h) {
+          hovers[k] = h;
+          maxLoss = Math.max(maxLoss, Math.abs(h.loss));
         }
       });
       ex[4] = acts;

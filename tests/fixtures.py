@@ -48,10 +48,13 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
-def tiny_model(seed: int = 0, n_layers: int = 2) -> HookedTransformer:
+def tiny_model(seed: int = 0, n_layers: int = 2, post_norm: bool = False) -> HookedTransformer:
+    """LayerNorm GPT-2 style; ``post_norm``: Gemma 2/3 style instead, RMSNorm before and after
+    each sub-layer (``ln1_post``/``ln2_post`` scale what attention and MLP add to the residual)."""
     cfg = HookedTransformerConfig(
         n_layers=n_layers, d_model=D_MODEL, n_heads=4, d_head=8, d_mlp=64, d_vocab=len(VOCAB),
-        n_ctx=64, act_fn="gelu", normalization_type="LN", seed=seed, default_prepend_bos=True,
+        n_ctx=64, act_fn="gelu", normalization_type="RMS" if post_norm else "LN", seed=seed,
+        default_prepend_bos=True, use_normalization_before_and_after=post_norm,
     )
     model = HookedTransformer(cfg, tokenizer=tiny_tokenizer())
     torch.manual_seed(seed)
@@ -94,9 +97,9 @@ def tiny_tokens(n_seq: int = 16, seq_len: int = N_CTX, seed: int = 0) -> np.ndar
 
 
 def write_project(root: Path, *, architecture: str = "standard", n_seq: int = 16, seed: int = 0,
-                  neurons: bool = True, extra: dict | None = None) -> Path:
+                  neurons: bool = True, post_norm: bool = False, extra: dict | None = None) -> Path:
     """Write model, SAE, tokens and a site_config.yaml under ``root``; return the config path."""
-    save_tl_checkpoint(tiny_model(seed), root / "model")
+    save_tl_checkpoint(tiny_model(seed, post_norm=post_norm), root / "model")
     tiny_sae(architecture, seed=seed).save_model(root / "sae")
     np.save(root / "tokens.npy", tiny_tokens(n_seq, N_CTX - 1, seed))
     cfg = {

@@ -10,6 +10,7 @@ The token table mixes plain words with the hostile strings of ``fixtures.HOSTILE
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import math
@@ -70,6 +71,7 @@ class Sizes:
     after: int = 5
     n_intervals: int = 10
     per_interval: int = 5
+    negative_examples: int = 10
     hover_top: int = 5
     logit_top: int = 10
     bins: int = 40
@@ -95,7 +97,22 @@ class FeatureMaker:
     def floats(self, n: int, lo: float, hi: float) -> list[float]:
         return [round_sig(float(x)) for x in self.rng.uniform(lo, hi, size=n)]
 
-    def example(self, act: float, max_act: float, lists: tuple[list[int], list[int]], negative: bool) -> Example:
+    def hover(self, a: float, basis: TokenValues, direct: bool) -> Hover:
+        """Direct: log-prob changes -coef * u - shift over the basis, as the engine makes them;
+        else values drawn on their own (as ``exact`` effects, which pages list in full)."""
+        k = len(basis.token_ids) // 2
+        low, high = (basis.token_ids[:k], basis.values[:k]), (basis.token_ids[k:], basis.values[k:])
+        loss = round_sig(float(self.rng.normal(0, 0.05) + 0.02 * a))
+        if not direct:
+            return Hover(loss, TokenValues(low[0], sorted(self.floats(k, 0.001, max(abs(a), 0.002)), reverse=True)),
+                         TokenValues(high[0], sorted(self.floats(k, -max(abs(a), 0.002), -0.001))))
+        coef = round_sig(a * float(self.rng.uniform(0.001, 0.2)), 7)
+        shift = round_sig(-coef * float(self.rng.uniform(-0.5, 0.5)), 7)
+        up, down = (low, high) if coef > 0 else (high, low)
+        return Hover(loss, TokenValues(up[0], [round_sig(-coef * u - shift) for u in up[1]]),
+                     TokenValues(down[0], [round_sig(-coef * u - shift) for u in down[1]]), coef, shift)
+
+    def example(self, act: float, max_act: float, basis: TokenValues, negative: bool, direct: bool) -> Example:
         s, rng = self.sizes, self.rng
         window = s.before + 1 + s.after
         acts = [round_sig(float(rng.uniform(0.05, 1) * max_act)) if rng.random() < s.active_rate else 0.0
@@ -103,21 +120,15 @@ class FeatureMaker:
         acts[s.before] = act
         if negative:
             acts = [-abs(a) for a in acts]
-        hovers = [
-            None if a == 0 else Hover(
-                round_sig(float(rng.normal(0, 0.05) + 0.02 * a)),
-                TokenValues(lists[0], sorted(self.floats(s.hover_top, 0.001, max(abs(a), 0.002)), reverse=True)),
-                TokenValues(lists[1], sorted(self.floats(s.hover_top, -max(abs(a), 0.002), -0.001))),
-            )
-            for a in acts
-        ]
-        seq, pos = int(rng.integers(0, 4096)), int(rng.integers(s.before, 128 - s.after))
+        hovers = [None if a == 0 else self.hover(a, basis, direct) for a in acts]
+        seq, pos = int(next(self.seqs)), int(rng.integers(s.before, 128 - s.after))  # windows never overlap
         return Example(seq, pos, pos - s.before, self.tokens(window), acts, hovers)
 
-    def group(self, lower: float, upper: float, n: int, max_act: float, lists, negative=False) -> IntervalGroup:
+    def group(self, lower: float, upper: float, n: int, max_act: float, basis: TokenValues, direct: bool,
+              negative: bool = False) -> IntervalGroup:
         acts = sorted((round_sig(float(self.rng.uniform(lower, upper)) or upper) for _ in range(n)), reverse=True)
         return IntervalGroup(round_sig(lower), round_sig(upper), round_sig(float(self.rng.uniform(0.001, 0.4))),
-                             [self.example(min(max(a, lower), upper), max_act, lists, negative) for a in acts])
+                             [self.example(min(max(a, lower), upper), max_act, basis, negative, direct) for a in acts])
 
     def ranked(self, n: int, upper: int, extra: bool) -> Ranked:
         ids = sorted(int(i) for i in self.rng.choice(upper, size=n, replace=False))
@@ -129,12 +140,15 @@ class FeatureMaker:
         return Histogram(edges, [int(c) for c in self.rng.integers(0, 5000, size=self.sizes.bins)])
 
     def feature(self, dictionary: str, feature: int, d_sae: int, d_in: int, *, dead: bool = False,
-                negative: bool = False) -> FeatureData:
+                negative: bool = False, direct: bool = True) -> FeatureData:
         s, rng = self.sizes, self.rng
+        self.seqs = iter(rng.permutation(4096))
         logit_top = TokenValues(self.tokens(s.logit_top), sorted(self.floats(s.logit_top, 0.1, 2), reverse=True))
         logit_bottom = TokenValues(self.tokens(s.logit_top), sorted(self.floats(s.logit_top, -2, -0.1)))
-        # direct effects: removing the feature raises the bottom logits' tokens, lowers the top ones
-        lists = (logit_bottom.token_ids[: s.hover_top], logit_top.token_ids[: s.hover_top])
+        # hovers list the lowest logit effects' tokens, then the highest (raised / lowered by removal)
+        k = s.hover_top
+        basis = TokenValues(logit_bottom.token_ids[:k] + logit_top.token_ids[:k],
+                            logit_bottom.values[:k] + logit_top.values[:k])
         max_act = 0.0 if dead else round_sig(float(rng.uniform(1, 20)))
         width = max_act / s.n_intervals
         return FeatureData(
@@ -143,14 +157,15 @@ class FeatureMaker:
             mean_nonzero_act=round_sig(max_act * 0.3),
             act_histogram=Histogram([], []) if dead else self.histogram(0, max_act),
             top_examples=[] if dead else [
-                self.example(a, max_act, lists, False)
+                self.example(a, max_act, basis, False, direct)
                 for a in sorted(self.floats(s.top_examples - 1, max_act * 0.6, max_act) + [max_act], reverse=True)
             ],
             intervals=[] if dead else [
-                self.group(k * width, (k + 1) * width, s.per_interval, max_act, lists) for k in range(s.n_intervals)
+                self.group(i * width, (i + 1) * width, s.per_interval, max_act, basis, direct)
+                for i in range(s.n_intervals)
             ],
-            negative=self.group(-max_act, -max_act / 2, s.per_interval, max_act, lists, True) if negative and not dead
-            else None,
+            negative=self.group(-max_act, -max_act / 2, s.negative_examples, max_act, basis, direct, True)
+            if negative and not dead else None,
             logit_top=logit_top, logit_bottom=logit_bottom, logit_histogram=self.histogram(-2, 2),
             neuron_alignment=self.ranked(s.n_related, d_in, True),
             correlated_neurons=self.ranked(s.n_related, d_in, True),
@@ -158,6 +173,7 @@ class FeatureMaker:
             decoder_neighbours=self.ranked(s.n_neighbours, d_sae, False),
             top_tokens=TokenValues([], []) if dead else TokenValues(self.tokens(s.n_top_tokens), sorted(
                 (int(c) for c in rng.integers(1, 20, size=s.n_top_tokens)), reverse=True)),
+            hover_basis=basis if direct else TokenValues([], []),
         )
 
 
@@ -190,6 +206,7 @@ class DictSpec:
     feature_ids: tuple[int, ...] = tuple(range(8))
     dead: frozenset[int] = frozenset()
     negative: bool = False
+    effects: str = "direct"  # "exact": hovers without direct parameters, listed in full on pages
 
 
 def write_cache(cache: Path, specs: list[DictSpec], *, seed: int = 0, sizes: Sizes | None = None,
@@ -201,11 +218,11 @@ def write_cache(cache: Path, specs: list[DictSpec], *, seed: int = 0, sizes: Siz
     for d, spec in enumerate(specs):
         ids = sorted(spec.feature_ids)
         for b in range(0, max(len(ids), 1), batch_size):
-            batch = [maker.feature(spec.name, f, spec.d_sae, spec.d_in, dead=f in spec.dead, negative=spec.negative)
-                     for f in ids[b: b + batch_size]]
+            batch = [maker.feature(spec.name, f, spec.d_sae, spec.d_in, dead=f in spec.dead, negative=spec.negative,
+                                   direct=spec.effects == "direct") for f in ids[b: b + batch_size]]
             write_batch(cache, d, b // batch_size, batch)
         summaries.append(DictionarySummary(spec.name, spec.kind, spec.hook_name, spec.d_in, spec.d_sae, ids,
-                                           "direct", "final LayerNorm scale frozen at its clean value"))
+                                           spec.effects, "final LayerNorm scale frozen at its clean value"))
     write_json(cache / "tokens.json", {str(k): v for k, v in texts.items()})
     write_json(cache / "manifest.json", {
         "format": FORMAT_VERSION, "config_hash": "0123abcd", "fingerprints": {"model": "aa11", "dataset": "bb22"},
@@ -296,26 +313,94 @@ def page_json(html: str) -> dict:
     return json.loads(blocks[0])
 
 
+def floats24(text: str) -> list[float]:
+    """``static/feature.js``'s decoding of ``embed.packed_floats``."""
+    raw = np.frombuffer(base64.b64decode(text), np.uint8).reshape(-1, 3).astype(np.uint32)
+    return ((raw[:, 0] << 24) | (raw[:, 1] << 16) | (raw[:, 2] << 8)).view(np.float32).astype(float).tolist()
+
+
+def direct_changes(side: tuple[list[int], list[float]], record: list[float], u_min: float, u_max: float) -> list:
+    """``static/feature.js``'s ``changes``: interpolated in u, to the decimals the ends support."""
+    big = max(abs(record[2]), abs(record[3]))
+    places = min(max(math.floor(4.82 - math.log10(big)), 0), 100) if big else 0
+    return [r4(float(f"{record[2] + (u - u_min) / ((u_max - u_min) or 1) * (record[3] - record[2]):.{places}f}"))
+            for u in side[1]]
+
+
+def r4(x: float) -> float:
+    """JS ``+x.toPrecision(4)``."""
+    return float(f"{x:.4g}")
+
+
 def decoded_examples(data: dict) -> list[list[dict]]:
-    """The page JSON's example groups as plain dicts with token texts (inverse of the compaction)."""
-    tokens, lists = data["tokens"], data["lists"]
+    """The page JSON's example groups as plain dicts with token texts, decoded as
+    static/feature.js decodes them (either hover encoding)."""
+    tokens = data["tokens"]
+    records = floats24(data["h"]) if "h" in data else None
+    if records is not None:
+        ids, u = data["basis"]
+        k = len(ids) // 2
+        low, high, u_min, u_max = (ids[:k], u[:k]), (ids[k:], u[k:]), u[0], u[k]
+    at, seen = 0, {}
     groups = []
     for group in data["groups"]:
         examples = []
-        for seq, pos, start, ids, actives in group:
-            acts, hovers = [0] * len(ids), [None] * len(ids)
-            for a in actives:
-                acts[a[0]] = a[1]
-                if len(a) > 2:
-                    up = lists[a[3]]
-                    at = 4 + len(up)
-                    down = lists[a[at]]
-                    hovers[a[0]] = (a[2], [tokens[i] for i in up], a[4:at], [tokens[i] for i in down],
-                                    a[at + 1: at + 1 + len(down)])
-            examples.append({"seq": seq, "pos": pos, "start": start, "tokens": [tokens[i] for i in ids],
+        for seq, pos, start, window, *rest in group:
+            numbers = rest[0] if rest else list(range(len(window)))  # direct: left out when every token has one
+            acts, hovers = [0] * len(window), [None] * len(window)
+            for a in numbers:
+                if records is None:
+                    acts[a[0]] = a[1]
+                    if len(a) > 2:
+                        up = data["lists"][a[3]]
+                        end = 4 + len(up)
+                        down = data["lists"][a[end]]
+                        hovers[a[0]] = (a[2], [tokens[i] for i in up], a[4:end], [tokens[i] for i in down],
+                                        a[end + 1: end + 1 + len(down)])
+                    continue
+                key = (seq, start + a)  # one record per (sequence, position), in order of first appearance
+                if key not in seen:
+                    r = records[at: at + 4]
+                    at += 4
+                    hover = None
+                    if not math.isnan(r[1]):
+                        up, down = (low, high) if r[2] > r[3] else (high, low)
+                        hover = (r4(r[1]), [tokens[i] for i in up[0]], direct_changes(up, r, u_min, u_max),
+                                 [tokens[i] for i in down[0]], direct_changes(down, r, u_min, u_max))
+                    seen[key] = (r4(r[0]), hover)
+                acts[a], hovers[a] = seen[key]
+            examples.append({"seq": seq, "pos": pos, "start": start, "tokens": [tokens[i] for i in window],
                              "acts": acts, "hovers": hovers})
         groups.append(examples)
+    if records is not None:
+        assert at == len(records), "unused hover records"
     return groups
+
+
+def same_examples(page: list[list[dict]], expected: list[list[dict]]) -> bool:
+    """``decoded_examples`` against ``expected_examples``: equal, except that log-prob changes a
+    page interpolates from its two ends (24-bit floats) may differ by one unit in their 4th
+    significant digit, or, where shown with fewer digits, by 1e-4 of the hover's largest change."""
+    def unit(x: float) -> float:
+        return 10 ** (math.floor(math.log10(abs(x))) - 3) if x else 0.0
+
+    def close(a: list[float], b: list[float], scale: float) -> bool:
+        return len(a) == len(b) and all(abs(x - y) <= 1.001 * unit(y) + 1e-4 * scale for x, y in zip(a, b))
+
+    for got_group, want_group in zip(page, expected, strict=True):
+        for got, want in zip(got_group, want_group, strict=True):
+            if {k: v for k, v in got.items() if k != "hovers"} != {k: v for k, v in want.items() if k != "hovers"}:
+                return False
+            for g, w in zip(got["hovers"], want["hovers"], strict=True):
+                if (g is None) != (w is None):
+                    return False
+                if g is None:
+                    continue
+                scale = max(map(abs, w[2] + w[4]), default=0.0)
+                if g[0] != w[0] or g[1] != w[1] or g[3] != w[3] or not close(g[2], w[2], scale) \
+                        or not close(g[4], w[4], scale):
+                    return False
+    return True
 
 
 def expected_examples(fd: FeatureData, texts: dict[int, str]) -> list[list[dict]]:

@@ -12,8 +12,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
-from site_fixtures import DictSpec, page_json, site_config, write_cache
+from site_fixtures import DictSpec, decoded_examples, page_json, site_config, write_cache
 
 from sitegen.render import render_site
 
@@ -39,7 +40,8 @@ def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("browser")
     (root / "notes.yaml").write_text(f"sae:\n  1: {json.dumps(NOTE)}\n")
     write_cache(root / "cache", [DictSpec(feature_ids=(0, 1, 2, 7)),
-                                 DictSpec(name="dead", feature_ids=(0,), dead=frozenset({0}))])
+                                 DictSpec(name="dead", feature_ids=(0,), dead=frozenset({0})),
+                                 DictSpec(name="exact", feature_ids=(1,), effects="exact")])
     return render_site(root / "cache", site_config(root, notes="notes.yaml"), root / "site")
 
 
@@ -80,7 +82,7 @@ def assert_clean(driver, allowed: str = "\0") -> None:
 def test_index_search_and_dead_dictionary(driver, site):
     open_page(driver, (site / "index.html").as_uri())
     rows = driver.find_elements(By.CSS_SELECTOR, "#rows tr")
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert "every built feature of this dictionary is dead" in driver.find_element(By.TAG_NAME, "body").text
     search = driver.find_element(By.ID, "search")
     search.send_keys("#7")
@@ -99,23 +101,42 @@ def test_index_search_and_dead_dictionary(driver, site):
     assert_clean(driver)
 
 
-def test_tooltip_shows_the_page_numbers(driver, site):
-    page = site / "features" / "0" / "2.html"
-    data = page_json(page.read_text(encoding="utf-8"))
-    open_page(driver, page.as_uri())
-    first = data["groups"][0][0]
-    sel = first[1] - first[2]
-    active = next(a for a in first[4] if a[0] == sel)
-    span = driver.find_elements(By.CSS_SELECTOR, ".ex-group .ex")[0].find_elements(By.CSS_SELECTOR, ".t")[sel]
-    assert "sel" in span.get_attribute("class")
-    ActionChains(driver).move_to_element(span).perform()
+def js_number(x: float) -> str:
+    """JS ``String(x)`` for the numbers pages show (no exponent from 1e-7 up to 1e21)."""
+    if x == 0 or 1e-7 <= abs(x) < 1e21:
+        return np.format_float_positional(x, trim="-")
+    mantissa, exponent = repr(x).split("e")
+    return f"{mantissa}e{int(exponent):+d}"
+
+
+@pytest.mark.parametrize("page", ["features/0/2.html", "features/2/1.html"], ids=["direct", "listed"])
+def test_tooltip_shows_the_page_numbers(driver, site, page):
+    """Hovering each token of the first example shows the numbers the page JSON holds (the
+    two hover encodings decoded as in site_fixtures.decoded_examples, which the render tests
+    compare with the FeatureData)."""
+    data = page_json((site / page).read_text(encoding="utf-8"))
+    assert ("h" in data) == page.startswith("features/0/")
+    first = decoded_examples(data)[0][0]
+    open_page(driver, (site / page).as_uri())
+    spans = driver.find_elements(By.CSS_SELECTOR, ".ex-group .ex")[0].find_elements(By.CSS_SELECTOR, ".t")
+    assert "sel" in spans[first["pos"] - first["start"]].get_attribute("class")
     tip = driver.find_element(By.ID, "tip")
-    WebDriverWait(driver, 5).until(lambda d: tip.is_displayed())
-    text = tip.text
-    assert f"activation: {active[1]}" in text
-    assert "loss effect" in text and "change in next-token loss when this feature is removed" in text
-    up = data["lists"][active[3]]
-    assert data["tokens"][up[0]].strip() in text and f"{active[4]:+}" in text
+    for k, span in enumerate(spans):
+        ActionChains(driver).move_to_element(span).perform()
+        WebDriverWait(driver, 5).until(lambda d: tip.is_displayed())
+        assert f"activation: {js_number(first['acts'][k])}" in tip.text
+        hover = first["hovers"][k]
+        if hover is None:
+            assert "no loss effect" in tip.text
+            continue
+        loss, up, up_values, down, down_values = hover
+        assert f"loss effect: {'+' if loss > 0 else ''}{js_number(loss)}" in tip.text
+        assert "change in next-token loss when this feature is removed" in tip.text
+        rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+                for tr in tip.find_elements(By.CSS_SELECTOR, "table tr")[1:]]
+        signed = [f"{'+' if v > 0 else ''}{js_number(v)}" for v in up_values + down_values]
+        assert rows == [[a, b, c, d] for a, b, c, d in
+                        zip(up, signed[: len(up)], down, signed[len(up):])], k
     marker = driver.find_element(By.CSS_SELECTOR, "#act-hist line")
     assert marker.get_attribute("visibility") == "visible"
     assert len(driver.find_elements(By.CSS_SELECTOR, "#act-hist rect")) == len(data["act_hist"][1])

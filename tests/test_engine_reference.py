@@ -168,7 +168,7 @@ def check_feature(ref: Reference, fd, cfg, seed: int) -> None:
         assert close(fd.negative.fraction, len(neg) / max(len(nz), 1)), f"{msg} negative fraction"
         assert close(fd.negative.lower, float(a[neg].min()) if len(neg) else 0.0) and fd.negative.upper == 0.0, msg
         got = [check_example(ref, f, ex, cfg, seed) for ex in fd.negative.examples]
-        want = a[neg[: cfg.top_examples]]
+        want = a[neg[: cfg.negative_examples]]
         assert len(got) == len(want) and all(close(x, y) for x, y in zip(got, want)), f"{msg} negative examples"
     else:
         assert fd.negative is None, msg
@@ -281,8 +281,27 @@ def check_direct_hovers(ref: Reference, fd, cfg, msg: str) -> int:
             new = cap * np.tanh(new / cap) if cap > 0 else new
         delta = log_softmax(new) - log_softmax(ref.logits[flat])
         check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), cfg.hover_top, msg)
+        check_direct_parameters(ex.hovers[i], fd.hover_basis, act / scale, delta, (model.cfg.output_logits_soft_cap or 0) > 0,
+                                f"{msg} ({ex.seq},{ex.start + i})")
         checked += 1
     return checked
+
+
+def check_direct_parameters(hover, basis, coef: float, delta: np.ndarray, capped: bool, msg: str) -> None:
+    """What pages compute tooltips from: every log-prob change = -coef * u[t] - shift, with u at
+    the basis tokens (the k lowest, then the k highest logit effects); none under a soft-cap."""
+    if capped:
+        assert hover.coef is None and hover.shift is None and basis.token_ids == [], msg
+        return
+    assert close(hover.coef, coef, 1e-6) and abs(hover.coef - coef) <= 1e-5 * abs(coef) + 1e-9, f"{msg} coef"
+    ids, u = np.array(basis.token_ids), np.array(basis.values)
+    k = len(ids) // 2
+    assert k == len(hover.top.token_ids), msg
+    low, high = (ids[:k], ids[k:]) if hover.coef > 0 else (ids[k:], ids[:k])
+    assert list(low) == hover.top.token_ids and list(high) == hover.bottom.token_ids, f"{msg} basis order"
+    rebuilt = -hover.coef * u - hover.shift
+    scale = abs(hover.coef) * np.abs(u).max() + abs(hover.shift)
+    assert np.abs(rebuilt - delta[ids]).max() <= 1e-4 * scale + 2e-6, f"{msg} rebuilt {rebuilt} {delta[ids]}"
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -418,6 +437,46 @@ def test_direct_effects_with_a_logit_softcap(tmp_path, seed):
         for fd in feats[i].values():
             checked += check_direct_hovers(ref, fd, src.config.features, f"seed={seed} {d.name} {fd.feature}")
     assert checked > 100, f"seed={seed}: only {checked}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_direct_effects_through_a_post_norm(tmp_path, seed):
+    """Gemma 2/3 style blocks (RMSNorm after the MLP, ln2_post): a neuron adds
+    a * (W_out[i] * ln2_post.w) / s_post(p) to the residual stream, with the post-norm's clean
+    scale s_post(p) recomputed here from the MLP's own output; the final RMSNorm's scale frozen."""
+    path = write_project(tmp_path, seed=seed, post_norm=True,
+                         extra={"features": {"top_examples": 3, "n_intervals": 2, "examples_per_interval": 2}})
+    src = load_sources(load_config(path))
+    _, feats = build(src, tmp_path)
+    model, d = src.model, src.dictionaries[1]
+    assert d.kind == "neurons" and model.cfg.use_normalization_before_and_after
+    ref = Reference(src, d)
+    mlp, ln2_post = model.blocks[d.layer].mlp, model.blocks[d.layer].ln2_post
+    W_out, b_out = mlp.W_out.detach().double().numpy(), mlp.b_out.detach().double().numpy()
+    w_post, eps = ln2_post.w.detach().double().numpy(), model.cfg.eps
+    w_final = model.ln_final.w.detach().double().numpy()
+    W_U, b_U = model.W_U.detach().double().numpy(), model.b_U.detach().double().numpy()
+    out = ref.hook @ W_out + b_out  # [n_tok, d_model] the MLP's output before ln2_post
+    s_post = np.sqrt((out**2).mean(1) + eps)
+    checked = 0
+    for fd in feats[1].values():
+        r = W_out[fd.feature] * w_post
+        u = (r * w_final) @ W_U
+        assert all(close(v, u[i]) for v, i in zip(fd.logit_top.values, np.argsort(-u, kind="stable"))), fd.feature
+        for ex, i in shown(fd):
+            if ex.hovers[i] is None:
+                continue
+            flat = ex.seq * ref.ctx + ex.start + i
+            x = ref.final[flat]
+            scale = np.sqrt((x**2).mean() + eps)
+            act = ref.hook[flat, fd.feature]
+            new = (x - act * r / s_post[flat]) / scale * w_final @ W_U + b_U
+            delta = log_softmax(new) - log_softmax(ref.logits[flat])
+            msg = f"seed={seed} neuron {fd.feature} ({ex.seq},{ex.start + i})"
+            check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), src.config.features.hover_top, msg)
+            check_direct_parameters(ex.hovers[i], fd.hover_basis, act / s_post[flat] / scale, delta, False, msg)
+            checked += 1
+    assert checked > 50, f"seed={seed}: only {checked}"
 
 
 def test_summaries_and_notes(tmp_path):

@@ -10,11 +10,15 @@ import pytest
 from site_fixtures import (
     PAYLOADS,
     DictSpec,
+    FeatureMaker,
     PageParser,
+    Sizes,
     decoded_examples,
     expected_examples,
+    floats24,
     index_rows,
     page_json,
+    same_examples,
     site_config,
     table_cells,
     token_table,
@@ -22,9 +26,12 @@ from site_fixtures import (
 )
 
 from fixtures import HOSTILE
-from sitegen.compute.cache import read_features
+from sitegen.compute.cache import read_features, write_batch
+from sitegen.compute.feature_data import Example
+from sitegen.errors import SitegenError
 from sitegen.render import check_site, render_site
 from sitegen.render.assets import STATIC, static_markup
+from sitegen.render.feature_page import feature_page_json
 from sitegen.render.index_data import index_script
 from sitegen.render.site import number_text
 from sitegen.sources.tokens import display_text
@@ -34,6 +41,7 @@ SPECS = [
     DictSpec(name="mlp", kind="neurons", hook_name="blocks.6.mlp.hook_post", d_sae=2048, feature_ids=(0, 1),
              dead=frozenset({0, 1})),
     DictSpec(name="signed", d_sae=64, feature_ids=(5, 9), negative=True),
+    DictSpec(name="exact", d_sae=16, feature_ids=(0, 1), effects="exact"),  # hovers listed in full
 ]
 NOTE = "Fires on **hostile** tokens; see [docs](https://example.org/x)."
 
@@ -86,7 +94,7 @@ def test_embedded_json_round_trips_feature_data(site):
             assert data["nav"] == [built[n - 1] if n else None, built[n + 1] if n + 1 < len(built) else None]
             assert data["act_hist"] == [fd.act_histogram.edges, fd.act_histogram.counts]
             assert data["logit_hist"] == [fd.logit_histogram.edges, fd.logit_histogram.counts]
-            assert decoded_examples(data) == expected_examples(fd, texts)
+            assert same_examples(decoded_examples(data), expected_examples(fd, texts))
 
 
 def number(cell: str) -> float:
@@ -160,7 +168,7 @@ def test_index_lists_every_feature_and_dead_dictionaries(site):
     html = read(site, "index.html")
     assert html.count("every built feature of this dictionary is dead") == 1  # the mlp dictionary
     data = json.loads(read(site, "assets/index-data.js").removeprefix("window.SITEGEN_INDEX=").strip()[:-1])
-    assert data["dicts"] == ["sae", "mlp", "signed"]
+    assert data["dicts"] == [s.name for s in SPECS]
     assert list(zip(data["d"], data["id"])) == [(d, f) for d, s in enumerate(SPECS) for f in sorted(s.feature_ids)]
     assert [data["id"][r] for r in data["dead"]] == [3, 0, 1]
     assert data["notes"] == [[1, "Fires on hostile tokens; see docs."]]
@@ -183,6 +191,59 @@ def test_feature_page_size_budget(site):
     tokens, 10 + 10 logits) with realistic synthetic values: each page <= 40 KB."""
     sizes = [p.stat().st_size for p in (site / "features" / "0").glob("*.html")]
     assert max(sizes) <= 40 * 1024, sorted(sizes)
+
+
+def test_dense_neuron_pages_fit_the_budget(tmp_path):
+    """MLP neurons: GELU is never exactly 0, so every shown token has an activation and a
+    hover. Default sizes (20 top, 10 x 5 interval and 10 most negative examples of 11 tokens),
+    direct hovers, and as in real data (the default build's neurons: 804 shown tokens, 596
+    distinct positions, 2.3 KB of token strings) top and negative examples in runs of
+    overlapping windows: each page <= 40 KB."""
+    texts = token_table(1024)
+    maker = FeatureMaker(5, vocab=len(texts), sizes=Sizes(active_rate=1.0))
+    features = []
+    for f in range(4):
+        fd = maker.feature("mlp", f, 2048, 2048, negative=True)
+        for examples in (fd.top_examples, fd.negative.examples):
+            for i in range(1, len(examples), 2):  # the neuron fires again one token later
+                examples[i] = shifted(examples[i - 1], 1, maker.tokens(1))
+        features.append(fd)
+    cache = tmp_path / "cache"
+    spec = DictSpec(name="mlp", kind="neurons", hook_name="blocks.6.mlp.hook_post", d_in=2048, d_sae=2048,
+                    feature_ids=tuple(range(4)), negative=True)
+    write_cache(cache, [spec], texts=texts)
+    write_batch(cache, 0, 0, features)
+    site = render_site(cache, site_config(tmp_path), tmp_path / "site")
+    pages = sorted((site / "features" / "0").glob("*.html"))
+    data = page_json(pages[0].read_text(encoding="utf-8"))
+    assert all(len(ex) == 4 for g in data["groups"] for ex in g)  # every token has a record
+    assert same_examples(decoded_examples(data), expected_examples(features[0], texts))
+    assert max(p.stat().st_size for p in pages) <= 40 * 1024, sorted(p.stat().st_size for p in pages)
+
+
+def shifted(ex: Example, by: int, maker_tokens: list[int]) -> Example:
+    """The window of ``ex`` moved ``by`` tokens right in the same sequence (new tail tokens)."""
+    last = ex.hovers[-1]
+    return Example(ex.seq, ex.pos + by, ex.start + by, ex.token_ids[by:] + maker_tokens[:by],
+                   ex.acts[by:] + [ex.acts[-1]] * by, ex.hovers[by:] + [last] * by)
+
+
+def test_overlapping_windows_share_records():
+    """Two windows over the same positions of a sequence: one record per position on the page,
+    decoded back to both; windows that disagree at a position are a cache error."""
+    texts = token_table()
+    fd = FeatureMaker(3, sizes=Sizes(active_rate=0.6)).feature("sae", 0, 64, 640)
+    first = fd.top_examples[0]
+    fd.top_examples.insert(1, shifted(first, 3, [7, 8, 9]))
+    data = feature_page_json(fd, 0, (None, None), texts)
+    assert same_examples(decoded_examples(data), expected_examples(fd, texts))
+    listed = sum(len(ex[4]) if len(ex) > 4 else len(ex[3]) for g in data["groups"] for ex in g)
+    assert len(floats24(data["h"])) // 4 == listed - sum(a != 0 for a in first.acts[3:])
+    bad = shifted(first, 3, [7, 8, 9])
+    bad.acts[0] = first.acts[3] + 1.0
+    fd.top_examples[1] = bad
+    with pytest.raises(SitegenError, match="disagree at sequence"):
+        feature_page_json(fd, 0, (None, None), texts)
 
 
 def test_static_budget():

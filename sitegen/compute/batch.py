@@ -21,6 +21,7 @@ from sitegen.compute.effects import (
     NormConvention,
     direct_hovers,
     exact_hovers,
+    hover_basis,
     logit_directions,
 )
 from sitegen.compute.examples import lookup, select_examples, windows
@@ -44,6 +45,7 @@ class DictionaryContext:
     effects: str  # "direct" | "exact" | "none", as this dictionary supports
     norm: NormConvention
     final: torch.Tensor | None  # [n_tok, d_model] clean final residuals (effects on)
+    post_scale: torch.Tensor | None  # [n_tok] clean scale of the hook's post-norm (direct effects, Gemma 2/3)
     start: torch.Tensor | None  # [n_seq, ctx, d_model] residual entering the hook's layer (exact)
     seed: int
 
@@ -89,6 +91,7 @@ def batch_tensors(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesC
         logit_top=None if u is None else tuple(reversed(torch.topk(u, k, dim=1))),
         logit_bottom=None if u is None else tuple(reversed(torch.topk(u, k, dim=1, largest=False))),
         logit_hist=None if u is None else dense_histograms(u, cfg.logit_histogram_bins),
+        hover_basis=hover_basis(model, u, cfg.hover_top) if ctx.effects == "direct" else None,
         alignment=neuron_alignment(ctx.decoder[idx], cfg.n_related),
         corr_neurons=correlated(acts.n_clean, hook_sums, sx, sxx, acts.sh, acts.shh, cfg.n_related,
                                 idx if ctx.d.kind == "neurons" else None, with_cosine=True),
@@ -106,6 +109,8 @@ def batch_hovers(model: HookedTransformer, cfg: FeaturesConfig, ctx: DictionaryC
     next_tok = tokens.reshape(-1)[flat + 1]
     if ctx.effects == "direct":
         order = torch.argsort(flat * len(idx) + rows)  # by position, so clean logits are shared
+        if ctx.post_scale is not None:  # the residual stream receives act / scale of the post-norm
+            act = act / ctx.post_scale[flat]
         table = direct_hovers(model, ctx.norm, ctx.final, u, rows[order], flat[order], act[order],
                               next_tok[order], cfg.hover_top)
         return table.take(torch.argsort(order))

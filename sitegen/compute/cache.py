@@ -94,7 +94,8 @@ def _token_values(d: dict) -> TokenValues:
 
 def _example(d: dict) -> Example:
     hovers = [
-        None if h is None else Hover(h["loss_effect"], _token_values(h["top"]), _token_values(h["bottom"]))
+        None if h is None else Hover(h["loss_effect"], _token_values(h["top"]), _token_values(h["bottom"]),
+                                     h.get("coef"), h.get("shift"))
         for h in d["hovers"]
     ]
     return Example(d["seq"], d["pos"], d["start"], d["token_ids"], d["acts"], hovers)
@@ -122,6 +123,7 @@ def feature_data_from_dict(d: dict) -> FeatureData:
             "correlated_features": Ranked(**d["correlated_features"]),
             "decoder_neighbours": Ranked(**d["decoder_neighbours"]),
             "top_tokens": _token_values(d["top_tokens"]),
+            "hover_basis": _token_values(d["hover_basis"]),
         }
     )
 

@@ -32,8 +32,9 @@ class NormConvention:
     rms: bool  # the scale is an RMS (no centring)
     present: bool  # the model has a final norm at all
 
-    def note(self, effects: str, has_directions: bool) -> str:
-        """How logit effects and hovers treat the final norm, for the pages."""
+    def note(self, effects: str, has_directions: bool, post: str | None = None) -> str:
+        """How logit effects and hovers treat the final norm (and a post-norm ``post`` between
+        the hook's sub-layer and the residual stream), for the pages."""
         if not has_directions:
             logits = "no logit effects: the hook is not linearly tied to the residual stream"
         elif not self.present:
@@ -42,11 +43,15 @@ class NormConvention:
             centred = "mean-centred " if self.centre else ""
             weight = " \u00b7 diag(ln_final.w)" if self.weight is not None else ""
             logits = f"logit effects: {centred}decoder direction{weight} \u00b7 W_U, final-norm scale ignored"
+        if post and has_directions:
+            logits = logits.replace("decoder direction", f"decoder direction \u00b7 diag({post}.w)", 1)
+            logits = logits.replace("final-norm scale", f"{post} and final-norm scales", 1)
+        frozen = " and ".join(([f"{post}"] if post else []) + (["final-norm"] if self.present else []))
         hovers = {
             "exact": "hovers: the model re-run with the feature removed at every counted position of the "
                      "sequence (SAE error kept, final norm recomputed)",
-            "direct": "hovers: direct path, final-norm scale frozen at its clean value (as sae_vis)"
-                      if self.present else "hovers: direct path",
+            "direct": f"hovers: direct path, {frozen} scale{'s' if post and self.present else ''} frozen at "
+                      "clean values (as sae_vis)" if frozen else "hovers: direct path",
             "none": "no hovers",
         }[effects]
         return f"{logits}; {hovers}"
@@ -72,6 +77,17 @@ def logit_directions(model: HookedTransformer, norm: NormConvention, dirs: torch
     return (r @ model.W_U.float()).cpu()
 
 
+def hover_basis(model: HookedTransformer, u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(ids, values) [B, 2k]: each row of ``u`` at its k lowest (ascending) then k highest
+    (descending) tokens, the tokens direct hovers list; None under a logit soft-cap, where
+    the log-prob changes are no longer -coef * u - shift."""
+    if softcap_enabled(model.cfg.output_logits_soft_cap):
+        return None
+    k = min(k, u.shape[1])
+    low, high = torch.topk(u, k, dim=1, largest=False), torch.topk(u, k, dim=1)
+    return torch.cat([low.indices, high.indices], 1), torch.cat([low.values, high.values], 1)
+
+
 @dataclass
 class HoverTable:
     loss: torch.Tensor  # [h] float32: next-token loss change when the feature is removed
@@ -80,6 +96,10 @@ class HoverTable:
     bottom_ids: torch.Tensor  # [h, k] largest decreases, most negative first
     bottom_vals: torch.Tensor  # [h, k]
     ok: torch.Tensor  # [h] bool: all finite
+    # direct effects without a soft-cap: every log-prob change is -coef * u[t] - shift, with u the
+    # feature's logit directions (coef = a / frozen scale, shift = change of the log-sum-exp); else NaN
+    coef: torch.Tensor  # [h]
+    shift: torch.Tensor  # [h]
 
     def take(self, index: torch.Tensor) -> HoverTable:
         """The rows ``index`` of every field."""
@@ -94,13 +114,15 @@ def hover_rows(clean_lp: torch.Tensor, new: torch.Tensor, next_tok: torch.Tensor
     bottom = torch.topk(delta, k, dim=1, largest=False)
     loss = -delta.gather(1, next_tok[:, None]).squeeze(1)
     ok = torch.isfinite(loss) & torch.isfinite(top.values).all(1) & torch.isfinite(bottom.values).all(1)
-    return HoverTable(loss.cpu(), top.indices.cpu(), top.values.cpu(), bottom.indices.cpu(), bottom.values.cpu(), ok.cpu())
+    nan = torch.full(loss.shape, float("nan"))
+    return HoverTable(loss.cpu(), top.indices.cpu(), top.values.cpu(), bottom.indices.cpu(), bottom.values.cpu(),
+                      ok.cpu(), nan, nan)
 
 
 def cat_tables(parts: list[HoverTable], k: int) -> HoverTable:
     if not parts:
         z, i = torch.zeros(0, k), torch.zeros(0, k, dtype=torch.int64)
-        return HoverTable(torch.zeros(0), i, z, i, z, torch.zeros(0, dtype=torch.bool))
+        return HoverTable(torch.zeros(0), i, z, i, z, torch.zeros(0, dtype=torch.bool), torch.zeros(0), torch.zeros(0))
     return HoverTable(*(torch.cat([getattr(p, f) for p in parts]) for f in HoverTable.__dataclass_fields__))
 
 
@@ -169,7 +191,8 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
             bottom = -coef * u[r].gather(1, down) - shift
             loss = (coef * u[r].gather(1, nxt[:, None]) + shift).squeeze(1)
             ok = torch.isfinite(loss) & torch.isfinite(top).all(1) & torch.isfinite(bottom).all(1)
-            parts.append(HoverTable(loss.cpu(), up.cpu(), top.cpu(), down.cpu(), bottom.cpu(), ok.cpu()))
+            parts.append(HoverTable(loss.cpu(), up.cpu(), top.cpu(), down.cpu(), bottom.cpu(), ok.cpu(),
+                                    coef.squeeze(1).cpu(), shift.squeeze(1).cpu()))
     return cat_tables(parts, k)
 
 

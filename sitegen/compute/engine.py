@@ -37,6 +37,7 @@ from sitegen.compute.serialise import batch_output
 from sitegen.compute.store import NeuronActs, SparseActs
 from sitegen.errors import SitegenError
 from sitegen.sources import Sources
+from sitegen.sources.dictionaries import post_norm
 
 
 def say(msg: str) -> None:
@@ -57,7 +58,7 @@ def summaries_of(src: Sources, norm: NormConvention, directions: list) -> list[D
     for d, dirs in zip(src.dictionaries, directions):
         effects = dictionary_effects(src.config.features.effects, dirs)
         out.append(DictionarySummary(d.name, d.kind, d.hook_name, d.d_in, d.d_sae, list(d.feature_ids), effects,
-                                     norm.note(effects, dirs is not None)))
+                                     norm.note(effects, dirs is not None, post_norm(src.model, d.hook_name))))
     return out
 
 
@@ -95,6 +96,8 @@ def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path
         effects = dictionary_effects(fc.effects, directions[i])
         if effects != "none":
             widths[final_resid_hook(model)] = model.cfg.d_model
+        if effects == "direct" and (norm := post_norm(model, d.hook_name)):
+            widths[f"{norm}.hook_scale"] = 1
         if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
             widths[f"blocks.{layer}.hook_resid_pre"] = model.cfg.d_model
     return capture_activations(model, src.data.tokens, widths, fc.token_batch_size, fc.activation_cache_mb,
@@ -110,12 +113,15 @@ def context_for(src: Sources, i: int, cache: ActivationCache, norm: NormConventi
             SparseActs(d, hook, counted, model.cfg.device, progress))
     effects = dictionary_effects(src.config.features.effects, directions)
     final = cache.acts.get(final_resid_hook(model)) if effects != "none" else None
+    post = post_norm(model, d.hook_name) if effects == "direct" else None
+    post_scale = cache.acts[f"{post}.hook_scale"].reshape(-1) if post else None
     start = None
     if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
         start = cache.acts[f"blocks.{layer}.hook_resid_pre"].view(*data.tokens.shape, model.cfg.d_model)
     decoder = d.decoder().detach().float().cpu()
     return DictionaryContext(i, d, acts, decoder, unit_rows(decoder), None if directions is None else
-                             directions.detach().float().cpu(), effects, norm, final, start, src.config.seed)
+                             directions.detach().float().cpu(), effects, norm, final, post_scale, start,
+                             src.config.seed)
 
 
 def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True) -> dict:

@@ -100,7 +100,7 @@ def select_examples(ent: BatchEntries, st: BatchStats, cfg: FeaturesConfig, seed
     groups = [(rows[top], torch.full_like(top, TOP), tok[top]), (rows[pos[picked]], which[picked], tok[pos[picked]])]
     if negative:  # the most negative activations, ascending
         asc = stable_order(rows, float_order(val))
-        neg = asc[first_of_segments(rows[asc], n_rows, torch.full((n_rows,), cfg.top_examples).minimum(st.n_neg))]
+        neg = asc[first_of_segments(rows[asc], n_rows, torch.full((n_rows,), cfg.negative_examples).minimum(st.n_neg))]
         groups.append((rows[neg], torch.full_like(neg, NEGATIVE), tok[neg]))
     row = torch.cat([g[0] for g in groups])
     group = torch.cat([g[1] for g in groups])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -37,6 +37,11 @@ class Hover:
     loss_effect: float  # change in next-token loss (nats); < 0: the feature hurt, > 0: it helped
     top: TokenValues  # largest log-prob increases when the feature is removed
     bottom: TokenValues  # largest log-prob decreases when the feature is removed
+    # "direct" effects without a logit soft-cap: every log-prob change is -coef * u[t] - shift,
+    # u the feature's logit effects (FeatureData.hover_basis), coef = activation / frozen norm
+    # scale(s), shift = change of the log-sum-exp (7 significant digits); None otherwise
+    coef: float | None = None
+    shift: float | None = None
 
 
 @dataclass
@@ -96,6 +101,9 @@ class FeatureData:
     # tokens most often at the positions of the feature's top 1% positive activations (at least
     # top_examples positions; ties in activation by position); values = counts
     top_tokens: TokenValues
+    # the logit effects u at the tokens direct hovers list: the hover_top lowest (u ascending),
+    # then the hover_top highest (u descending), 7 significant digits; empty without direct hovers
+    hover_basis: TokenValues = field(default_factory=lambda: TokenValues([], []))
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from sitegen.compute.correlations import RankedRows
 from sitegen.compute.effects import HoverTable
 from sitegen.compute.examples import NEGATIVE, TOP, Selection, Windows
-from sitegen.compute.rounding import rounded
+from sitegen.compute.rounding import PRECISE_DIGITS, rounded
 from sitegen.compute.stats import BatchStats
 
 
@@ -42,6 +42,7 @@ class FeatureTensors:
     logit_top: tuple[torch.Tensor, torch.Tensor] | None  # ids, values [B, n]
     logit_bottom: tuple[torch.Tensor, torch.Tensor] | None
     logit_hist: tuple[torch.Tensor, torch.Tensor] | None  # edges [B, bins + 1], counts [B, bins]
+    hover_basis: tuple[torch.Tensor, torch.Tensor] | None  # ids, values [B, 2k] (direct hovers only)
     alignment: RankedRows
     corr_neurons: RankedRows
     corr_features: RankedRows
@@ -72,6 +73,13 @@ def ranked_json(r: RankedRows) -> list[str]:
             zip(ids, values, extra, count)]
 
 
+def precise_or_null(values: torch.Tensor, ok: torch.Tensor) -> list[str]:
+    """JSON numbers at PRECISE_DIGITS significant digits, ``null`` where not ``ok`` or NaN."""
+    ok = ok & torch.isfinite(values)
+    return [repr(v) if good else "null" for v, good in
+            zip(rounded(torch.where(ok, values, 0.0), PRECISE_DIGITS), ok.tolist())]
+
+
 def hover_json(t: HoverTable | None) -> list[str]:
     """Each hover's JSON (``null`` where it is not finite)."""
     if t is None:
@@ -81,10 +89,11 @@ def hover_json(t: HoverTable | None) -> list[str]:
     fine = t.ok[:, None]
     top_ids, top_vals = t.top_ids.tolist(), rounded(torch.where(fine, t.top_vals, 0.0))
     bot_ids, bot_vals = t.bottom_ids.tolist(), rounded(torch.where(fine, t.bottom_vals, 0.0))
+    coef, shift = precise_or_null(t.coef, t.ok), precise_or_null(t.shift, t.ok)
     return [
-        f'{{"bottom":{{"token_ids":{ints(bi)},"values":{floats(bv)}}},"loss_effect":{lo!r},'
-        f'"top":{{"token_ids":{ints(ti)},"values":{floats(tv)}}}}}' if good else "null"
-        for good, lo, ti, tv, bi, bv in zip(ok, loss, top_ids, top_vals, bot_ids, bot_vals)
+        f'{{"bottom":{{"token_ids":{ints(bi)},"values":{floats(bv)}}},"coef":{c},"loss_effect":{lo!r},'
+        f'"shift":{sh},"top":{{"token_ids":{ints(ti)},"values":{floats(tv)}}}}}' if good else "null"
+        for good, lo, ti, tv, bi, bv, c, sh in zip(ok, loss, top_ids, top_vals, bot_ids, bot_vals, coef, shift)
     ]
 
 
@@ -130,6 +139,11 @@ def batch_json(ft: FeatureTensors) -> bytes:
         logit_top, logit_bottom = per_row_pairs(*ft.logit_top), per_row_pairs(*ft.logit_bottom)
         edges, counts = ft.logit_hist
         logit_hist = [obj(counts=ints(c), edges=floats(e)) for c, e in zip(counts.tolist(), rounded(edges))]
+    if ft.hover_basis is None:
+        basis = [token_values([], [])] * n_rows
+    else:
+        basis = [token_values(i, v) for i, v in zip(ft.hover_basis[0].tolist(),
+                                                    rounded(ft.hover_basis[1], PRECISE_DIGITS))]
     top_tokens: list[tuple[list[int], list[float]]] = [([], []) for _ in range(n_rows)]
     for r, t, c in zip(sel.top_token_rows.tolist(), sel.top_token_ids.tolist(), sel.top_token_counts.tolist()):
         top_tokens[r][0].append(t)
@@ -151,7 +165,7 @@ def batch_json(ft: FeatureTensors) -> bytes:
         out.append(obj(
             act_histogram=hist[r], correlated_features=corr_f[r], correlated_neurons=corr_n[r],
             dead="true" if dead[r] else "false", decoder_neighbours=neigh[r], density=repr(dens[r]),
-            dictionary=name, feature=str(feature), intervals="[" + ",".join(intervals) + "]",
+            dictionary=name, feature=str(feature), hover_basis=basis[r], intervals="[" + ",".join(intervals) + "]",
             logit_bottom=logit_bottom[r], logit_histogram=logit_hist[r], logit_top=logit_top[r],
             max_act=repr(max_act[r]), mean_nonzero_act=repr(mean[r]), n_nonfinite=str(n_bad[r]),
             n_tokens=str(n_tok[r]), negative=negative, neuron_alignment=align[r],

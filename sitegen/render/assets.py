@@ -1,7 +1,7 @@
 """Our own CSS and JS from ``static/``, made smaller for inlining into each page.
 
 The minifier only knows the subset of JavaScript that ``static/*.js`` is written
-in: statements end with ``;``, comments are whole lines, and a regex literal only
+in: statements end with ``;``, comments start with ``//``, and a regex literal only
 follows ``(``, ``=``, ``!``, ``&``, ``|``, ``,``, ``:``, ``?`` or ``[``. It strips
 indentation and comments, removes spaces next to punctuation outside string and
 regex literals, and joins lines after ``;``, ``{`` and ``,``.
@@ -57,6 +57,8 @@ def _minified_js_line(line: str) -> str:
     while i < len(line):
         c = line[i]
         before = (out + code).rstrip()[-1:]
+        if line.startswith("//", i):  # a comment to the end of the line
+            break
         if c in "\"'" or (c == "/" and before in REGEX_AFTER):
             end = _literal_end(line, i)
             out += JS_PUNCTUATION_SPACE.sub(r"\1", code) + line[i:end]
@@ -69,7 +71,8 @@ def _minified_js_line(line: str) -> str:
 def minified_js(text: str) -> str:
     out = ""
     for line in _lines(text, ("//",)):
-        out += _minified_js_line(line) + ("" if line.endswith((";", "{", ",")) else "\n")
+        code = _minified_js_line(line)
+        out += code + ("" if code.endswith((";", "{", ",")) else "\n")
     return out.rstrip("\n")
 
 

@@ -6,22 +6,44 @@ Two views of the same feature:
   token ids as indexes into it, hovers only where present, arrays for examples.
 - ``feature_page_context``: the static parts the template renders (header, tables).
 
-JSON schema (``v`` 1)::
+JSON schema (``v`` 2)::
 
-    {"v": 1, "dictionary": <dict index>, "feature": <id>, "max_act": <float>,
+    {"v": 2, "dictionary": <dict index>, "feature": <id>, "max_act": <float>,
      "nav": [<previous built id> | null, <next built id> | null],
      "tokens": [<display text>, ...],                 # page-local token table
      "act_hist": [[edges...], [counts...]],           # over non-zero activations
      "logit_hist": [[edges...], [counts...]],         # over the vocabulary
-     "lists": [[<token index>, ...], ...],            # distinct hover token lists
-     "groups": [[<example>, ...], ...]}               # top, intervals (highest first), negative
-    example = [seq, pos, start, [<token index>...], [<active>...]]
+     "groups": [[<example>, ...], ...],               # top, intervals (highest first), negative
+     ...one of the two hover encodings below}
+    example = [seq, pos, start, [<token index>...], <per-token numbers>]
+    (tokens without numbers have activation 0 and no hover)
+
+Direct hovers (``effects: direct``, no logit soft-cap): a hover's log-prob changes are
+-coef * u[t] - shift for the feature's logit effects u, affine in u, so a page ships the
+changes at the lowest and the highest u and the browser interpolates the rest: 4 numbers
+per token instead of 12. (This keeps dense dictionaries such as MLP neurons, where every
+token has a hover, inside the page budget; interpolating between two shown values keeps
+each change accurate to 2**-16 of the tooltip's largest one, where coef and shift would
+lose digits to cancellation.)::
+
+    "basis": [[<token index> x 2k], [u x 2k]],   # k lowest u (ascending), k highest (descending)
+    "h": "<base64>",   # 24-bit floats (embed.packed_floats), 4 per record: activation,
+                       # loss effect, change at the lowest u, change at the highest u
+                       # (the last three NaN where the token has no hover)
+    per-token numbers = [<offset in window>, ...]   # the tokens with a record; left out when
+                                                    # every token of the window has one
+    (records follow the order of first appearance over the page: a (seq, position) shown in
+    several overlapping windows has one record; the top tokens are the k lowest u when the
+    change there is the larger one (coef > 0), else the k highest, the bottom tokens the rest)
+
+Any other hovers (``exact``, soft-capped logits) are listed in full::
+
+    "lists": [[<token index>, ...], ...],          # distinct hover token lists
+    per-token numbers = [<active>...]
     active  = [offset in window, activation]                 # non-zero, no hover
             | [offset, activation, loss effect, <list index> of the top tokens,
                <top log-prob changes>..., <list index> of the bottom tokens,
                <bottom log-prob changes>...]                  # with a hover
-    (flat: each run of changes is as long as its token list; tokens not listed
-    in an example's actives have activation 0 and no hover)
 """
 
 from __future__ import annotations
@@ -30,11 +52,20 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from sitegen.compute.feature_data import DictionarySummary, Example, FeatureData, Hover, IntervalGroup, Ranked
+from sitegen.compute.feature_data import (
+    DictionarySummary,
+    Example,
+    FeatureData,
+    Hover,
+    IntervalGroup,
+    Ranked,
+    TokenValues,
+)
 from sitegen.errors import SitegenError
-from sitegen.render.embed import compact_number, compact_numbers
+from sitegen.render.embed import compact_number, compact_numbers, packed_floats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+NAN = float("nan")  # a record's loss effect where the token has no hover
 
 # (FeatureData field, title, caption, id column, value column, extra column, ids are features)
 RANKED_TABLES = [
@@ -80,11 +111,32 @@ def _group_examples(group: IntervalGroup | list[Example]) -> list[Example]:
     return group.examples if isinstance(group, IntervalGroup) else group
 
 
-def _used_token_ids(fd: FeatureData) -> Counter:
-    used: Counter = Counter()
-    for group in example_groups(fd):
-        for ex in _group_examples(group):
-            used.update(ex.token_ids)
+def _examples(fd: FeatureData) -> list[Example]:
+    return [ex for group in example_groups(fd) for ex in _group_examples(group)]
+
+
+def direct_encoding(fd: FeatureData) -> bool:
+    """Every hover carries its direct parameters and lists the basis tokens its sign selects."""
+    ids, k = fd.hover_basis.token_ids, len(fd.hover_basis.token_ids) // 2
+    if not ids:
+        return False
+    for ex in _examples(fd):
+        for h in ex.hovers:
+            if h is None:
+                continue
+            if h.coef is None or h.shift is None:
+                return False
+            up, down = (ids[:k], ids[k:]) if h.coef > 0 else (ids[k:], ids[:k])
+            if h.top.token_ids != up or h.bottom.token_ids != down:
+                return False
+    return True
+
+
+def _used_token_ids(fd: FeatureData, direct: bool) -> Counter:
+    used: Counter = Counter(fd.hover_basis.token_ids if direct else [])
+    for ex in _examples(fd):
+        used.update(ex.token_ids)
+        if not direct:
             for h in ex.hovers:
                 if h is not None:
                     used.update(h.top.token_ids)
@@ -103,7 +155,7 @@ def _hover_fields(h: Hover, tokens: TokenIndex, lists: dict[tuple, int]) -> list
             lists[bottom], *compact_numbers(h.bottom.values)]
 
 
-def _example_json(ex: Example, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
+def _listed_example(ex: Example, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
     active = [
         [k, compact_number(a), *([] if h is None else _hover_fields(h, tokens, lists))]
         for k, (a, h) in enumerate(zip(ex.acts, ex.hovers)) if a != 0 or h is not None
@@ -111,12 +163,42 @@ def _example_json(ex: Example, tokens: TokenIndex, lists: dict[tuple, int]) -> l
     return [ex.seq, ex.pos, ex.start, [tokens.index[i] for i in ex.token_ids], active]
 
 
+class DirectRecords:
+    """Per-token numbers of a page with direct hovers, one record per (sequence, position)."""
+
+    def __init__(self, basis: TokenValues) -> None:
+        k = len(basis.values) // 2
+        self.u_min, self.u_max = basis.values[0], basis.values[k]
+        self.values: list[float] = []  # 4 per record
+        self.seen: dict[tuple[int, int], list[float]] = {}
+
+    def record(self, a: float, h: Hover | None) -> list[float]:
+        if h is None:
+            return [a, NAN, NAN, NAN]
+        return [a, h.loss_effect, -h.coef * self.u_min - h.shift, -h.coef * self.u_max - h.shift]
+
+    def example(self, ex: Example, tokens: TokenIndex) -> list:
+        offsets = []
+        for k, (a, h) in enumerate(zip(ex.acts, ex.hovers)):
+            if a == 0 and h is None:
+                continue
+            offsets.append(k)
+            record, key = self.record(a, h), (ex.seq, ex.start + k)
+            if key not in self.seen:
+                self.seen[key] = record
+                self.values.extend(record)
+            elif self.seen[key] != record:  # (NAN is one object: lists holding it still compare equal)
+                raise SitegenError(f"feature cache: two examples disagree at sequence {key[0]}, position "
+                                   f"{key[1]}; rebuild the cache")
+        window = [tokens.index[i] for i in ex.token_ids]
+        return [ex.seq, ex.pos, ex.start, window, *([] if len(offsets) == len(window) else [offsets])]
+
+
 def feature_page_json(fd: FeatureData, dict_index: int, nav: tuple[int | None, int | None],
                       texts: dict[int, str]) -> dict:
-    tokens = TokenIndex(_used_token_ids(fd), texts)
-    lists: dict[tuple, int] = {}
-    groups = [[_example_json(ex, tokens, lists) for ex in _group_examples(g)] for g in example_groups(fd)]
-    return {
+    direct = direct_encoding(fd)
+    tokens = TokenIndex(_used_token_ids(fd, direct), texts)
+    out = {
         "v": SCHEMA_VERSION,
         "dictionary": dict_index,
         "feature": fd.feature,
@@ -125,9 +207,18 @@ def feature_page_json(fd: FeatureData, dict_index: int, nav: tuple[int | None, i
         "tokens": tokens.texts,
         "act_hist": [compact_numbers(fd.act_histogram.edges), fd.act_histogram.counts],
         "logit_hist": [compact_numbers(fd.logit_histogram.edges), fd.logit_histogram.counts],
-        "lists": [list(k) for k in lists],
-        "groups": groups,
     }
+    if direct:
+        rec = DirectRecords(fd.hover_basis)
+        out["groups"] = [[rec.example(ex, tokens) for ex in _group_examples(g)] for g in example_groups(fd)]
+        out["basis"] = [[tokens.index[i] for i in fd.hover_basis.token_ids], compact_numbers(fd.hover_basis.values)]
+        out["h"] = packed_floats(rec.values)
+    else:
+        lists: dict[tuple, int] = {}
+        out["groups"] = [[_listed_example(ex, tokens, lists) for ex in _group_examples(g)]
+                         for g in example_groups(fd)]
+        out["lists"] = [list(k) for k in lists]
+    return out
 
 
 @dataclass

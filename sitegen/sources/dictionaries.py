@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from sitegen.config import Config, DictionaryConfig
 from sitegen.errors import SitegenError
@@ -50,15 +51,47 @@ def hook_layer(hook_name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def post_norm(model: HookedTransformer, hook_name: str) -> str | None:
+    """The norm between the sub-layer that ``hook_name`` feeds and the residual stream (Gemma
+    2/3's ``ln1_post``/``ln2_post``, OLMo-2-style post-norm ``ln1``/``ln2``), as a module
+    name whose ``hook_scale`` the effects freeze; None where the sub-layer output is added as is."""
+    if m := MLP_POST_HOOK.match(hook_name):
+        which = 2
+    elif m := ATTN_Z_HOOK.match(hook_name):
+        which = 1
+    else:
+        return None
+    name = f"blocks.{m.group(1)}.ln{which}"
+    if model.cfg.use_normalization_before_and_after:
+        name += "_post"
+    elif model.cfg.original_architecture not in POST_NORM_ARCHITECTURES:
+        return None
+    return name if hasattr(model.get_submodule(name), "hook_scale") else None
+
+
+def through_post_norm(model: HookedTransformer, hook_name: str, w: torch.Tensor) -> torch.Tensor:
+    """[n, d_model] sub-layer output directions as the residual stream receives them with the
+    post-norm's scale frozen: mean-centred for a LayerNorm, times its weight (identity without one)."""
+    name = post_norm(model, hook_name)
+    if name is None:
+        return w
+    norm = model.get_submodule(name)
+    if type(norm).__name__.startswith("LayerNorm"):
+        w = w - w.mean(-1, keepdim=True)
+    weight = getattr(norm, "w", None)
+    return w if weight is None else w * weight.detach().float()
+
+
 def to_residual(model: HookedTransformer, hook_name: str, w: torch.Tensor) -> torch.Tensor | None:
-    """Map [n, d_in] directions at ``hook_name`` into the residual stream."""
+    """Map [n, d_in] directions at ``hook_name`` into the residual stream (per unit of the hook,
+    with any post-norm's scale frozen: the engine divides activations by it per position)."""
     if RESID_HOOK.match(hook_name):
         return w
     if m := MLP_POST_HOOK.match(hook_name):
-        return w @ model.blocks[int(m.group(1))].mlp.W_out
+        return through_post_norm(model, hook_name, w @ model.blocks[int(m.group(1))].mlp.W_out)
     if m := ATTN_Z_HOOK.match(hook_name):
         w_o = model.blocks[int(m.group(1))].attn.W_O  # [n_heads, d_head, d_model]
-        return w.reshape(w.shape[0], *w_o.shape[:2]).flatten(1) @ w_o.flatten(0, 1)
+        return through_post_norm(model, hook_name, w.reshape(w.shape[0], *w_o.shape[:2]).flatten(1) @ w_o.flatten(0, 1))
     return None
 
 
@@ -137,7 +170,7 @@ class NeuronDictionary:
 
     @torch.no_grad()
     def residual_directions(self) -> torch.Tensor:
-        return self.model.blocks[self.layer].mlp.W_out.float()
+        return through_post_norm(self.model, self.hook_name, self.model.blocks[self.layer].mlp.W_out.float())
 
 
 def feature_ids(spec: list[int] | str | None, d_sae: int, where: str) -> list[int]:

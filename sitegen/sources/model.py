@@ -66,7 +66,8 @@ def save_tl_checkpoint(model: HookedTransformer, folder: Path) -> None:
     keep = ("n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx", "act_fn",
             "normalization_type", "attn_only", "positional_embedding_type", "seed",
             "default_prepend_bos", "tokenizer_prepends_bos", "d_vocab_out", "gated_mlp",
-            "original_architecture", "final_rms")
+            "original_architecture", "final_rms", "eps", "use_normalization_before_and_after",
+            "output_logits_soft_cap")
     cfg = {k: getattr(model.cfg, k) for k in keep}
     (folder / "tl_config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith((".IGNORE", ".mask"))}
