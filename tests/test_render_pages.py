@@ -33,7 +33,7 @@ from sitegen.render import check_site, render_site
 from sitegen.render.assets import STATIC, static_markup
 from sitegen.render.feature_page import feature_page_json
 from sitegen.render.index_data import index_script
-from sitegen.render.site import number_text
+from sitegen.render.site import number_text, percent_text
 from sitegen.sources.tokens import display_text
 
 SPECS = [
@@ -145,7 +145,9 @@ def test_header_note_and_dead_notice(site):
 def test_negative_group_and_intervals_are_labelled(site):
     html = read(site, "features/2/5.html")
     fd = cached(site, 2)[5]
-    assert "Most negative activations" in html
+    neg = fd.negative
+    assert (f"the {len(neg.examples)} lowest, from [{number_text(neg.lower)}, 0) · "
+            f"{percent_text(neg.fraction)} of non-zero activations are negative") in html
     for g in fd.intervals:
         assert f"Interval ({number_text(g.lower)}, {number_text(g.upper)}]" in html
     assert len(page_json(html)["groups"]) == 1 + len(fd.intervals) + 1
