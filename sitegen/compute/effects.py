@@ -22,7 +22,9 @@ from transformer_lens.utilities.activation_functions import apply_softcap, softc
 
 from sitegen.compute.activations import start_layer
 
-CHUNK_ELEMENTS = 1 << 23  # [rows, d_vocab] elements per hover chunk (32 MiB of float32)
+# [rows, d_vocab] elements per hover chunk (256 MiB of float32; 256 rows of Gemma's vocabulary:
+# the unembedding streams W_U once per chunk, so taller chunks run it ~1.6x faster than 32 rows)
+CHUNK_ELEMENTS = 1 << 26
 
 
 @dataclass
@@ -187,9 +189,9 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
             shift = torch.logsumexp(new, 1, keepdim=True) - clean_lse[at, None]  # [h, 1]
             up = torch.where(coef > 0, u_low[r], u_high[r])  # largest log-prob increases first
             down = torch.where(coef > 0, u_high[r], u_low[r])
-            top = -coef * u[r].gather(1, up) - shift
-            bottom = -coef * u[r].gather(1, down) - shift
-            loss = (coef * u[r].gather(1, nxt[:, None]) + shift).squeeze(1)
+            top = -coef * u[r[:, None], up] - shift  # [h, k] (indexing u[r] first would copy [h, V])
+            bottom = -coef * u[r[:, None], down] - shift
+            loss = (coef * u[r, nxt][:, None] + shift).squeeze(1)
             ok = torch.isfinite(loss) & torch.isfinite(top).all(1) & torch.isfinite(bottom).all(1)
             parts.append(HoverTable(loss.cpu(), up.cpu(), top.cpu(), down.cpu(), bottom.cpu(), ok.cpu(),
                                     coef.squeeze(1).cpu(), shift.squeeze(1).cpu()))
