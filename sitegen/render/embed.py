@@ -27,6 +27,12 @@ def compact_numbers(xs: list[float]) -> list[float | int]:
     return [compact_number(x) for x in xs]
 
 
+def float24(x: float) -> float:
+    """``x`` as ``packed_floats`` stores it (float32 rounded to its top 3 bytes)."""
+    bits = np.asarray([x], dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return float((((bits + 0x80) >> 8) << 8).astype(np.uint32).view(np.float32)[0])
+
+
 def packed_floats(values: list[float]) -> str:
     """Base64 of 24-bit floats, 4 characters a value: each value's float32 bits rounded to the
     top 3 bytes (sign, exponent, 15 mantissa bits: relative error <= 2**-16, so a

@@ -62,7 +62,7 @@ from sitegen.compute.feature_data import (
     TokenValues,
 )
 from sitegen.errors import SitegenError
-from sitegen.render.embed import compact_number, compact_numbers, packed_floats
+from sitegen.render.embed import compact_number, compact_numbers, float24, packed_floats
 
 SCHEMA_VERSION = 2
 NAN = float("nan")  # a record's loss effect where the token has no hover
@@ -175,7 +175,10 @@ class DirectRecords:
     def record(self, a: float, h: Hover | None) -> list[float]:
         if h is None:
             return [a, NAN, NAN, NAN]
-        return [a, h.loss_effect, -h.coef * self.u_min - h.shift, -h.coef * self.u_max - h.shift]
+        low, high = float24(-h.coef * self.u_min - h.shift), float24(-h.coef * self.u_max - h.shift)
+        if h.coef > 0 and low <= high:  # equal once rounded: keep the ends ordered, which the page
+            high = float24(low - abs(low) * 2**-15 if low else -1e-30)  # reads as the sign of coef
+        return [a, h.loss_effect, low, high]
 
     def example(self, ex: Example, tokens: TokenIndex) -> list:
         offsets = []
