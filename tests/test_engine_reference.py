@@ -29,8 +29,9 @@ def close(x: float, ref: float, atol: float = 1e-6, rtol: float = RTOL) -> bool:
     return abs(x - ref) <= atol + rtol * abs(ref)
 
 
-def project(tmp_path: Path, seed: int, architecture: str = "standard", **features):
-    path = write_project(tmp_path, architecture=architecture, seed=seed, extra={"features": features})
+def project(tmp_path: Path, seed: int, architecture: str = "standard", post_norm: bool = False, **features):
+    path = write_project(tmp_path, architecture=architecture, seed=seed, post_norm=post_norm,
+                         extra={"features": features})
     return load_sources(load_config(path))
 
 
@@ -390,10 +391,12 @@ def test_nonfinite_activations_counted_and_excluded(tmp_path, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_exact_effects_match_a_real_rerun(tmp_path, seed):
+@pytest.mark.parametrize("post_norm", [False, True], ids=["layernorm", "post-norm"])
+def test_exact_effects_match_a_real_rerun(tmp_path, seed, post_norm):
     """Hovers of effects: exact == a full forward with the feature removed at every
-    counted position of the sequence (run_with_hooks), to 1e-4."""
-    src = project(tmp_path, seed, effects="exact", top_examples=3, n_intervals=2, examples_per_interval=1)
+    counted position of the sequence (run_with_hooks), to 1e-4; also through Gemma-style post-norms."""
+    src = project(tmp_path, seed, post_norm=post_norm, effects="exact", top_examples=3, n_intervals=2,
+                  examples_per_interval=1)
     rng = random.Random(seed)
     for d in src.dictionaries:
         d.feature_ids = sorted(rng.sample(list(d.feature_ids), 6))
@@ -444,9 +447,7 @@ def test_direct_effects_through_a_post_norm(tmp_path, seed):
     """Gemma 2/3 style blocks (RMSNorm after the MLP, ln2_post): a neuron adds
     a * (W_out[i] * ln2_post.w) / s_post(p) to the residual stream, with the post-norm's clean
     scale s_post(p) recomputed here from the MLP's own output; the final RMSNorm's scale frozen."""
-    path = write_project(tmp_path, seed=seed, post_norm=True,
-                         extra={"features": {"top_examples": 3, "n_intervals": 2, "examples_per_interval": 2}})
-    src = load_sources(load_config(path))
+    src = project(tmp_path, seed, post_norm=True, top_examples=3, n_intervals=2, examples_per_interval=2)
     _, feats = build(src, tmp_path)
     model, d = src.model, src.dictionaries[1]
     assert d.kind == "neurons" and model.cfg.use_normalization_before_and_after
