@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures import write_project
+from fixtures import tiny_sae, write_project
 from sitegen.compute import build_feature_cache
 from sitegen.compute.cache import dictionary_summaries, read_features, read_manifest, read_token_table
 from sitegen.config import load_config
@@ -478,6 +478,44 @@ def test_direct_effects_through_a_post_norm(tmp_path, seed):
             check_direct_parameters(ex.hovers[i], fd.hover_basis, act / s_post[flat] / scale, delta, False, msg)
             checked += 1
     assert checked > 50, f"seed={seed}: only {checked}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_attention_sae_direct_effects_through_a_post_norm(tmp_path, seed):
+    """An SAE on ``attn.hook_z`` (as Gemma Scope's attention SAEs) of a Gemma-style model: its
+    decoder rows reach the residual stream through W_O and ln1_post, whose clean scale is
+    recomputed here from the attention output."""
+    sae_dir = tmp_path / "attn_sae"
+    tiny_sae(hook="blocks.0.attn.hook_z", d_in=32, seed=seed).save_model(sae_dir)
+    path = write_project(tmp_path, seed=seed, post_norm=True, neurons=False, extra={
+        "dictionaries": [{"name": "attn", "kind": "sae", "path": str(sae_dir)}],
+        "features": {"top_examples": 3, "n_intervals": 2, "examples_per_interval": 2}})
+    src = load_sources(load_config(path))
+    _, feats = build(src, tmp_path)
+    model, d = src.model, src.dictionaries[0]
+    ref = Reference(src, d)
+    attn, ln1_post = model.blocks[0].attn, model.blocks[0].ln1_post
+    W_O = attn.W_O.detach().double().numpy().reshape(-1, model.cfg.d_model)  # [n_heads * d_head, d_model]
+    b_O, eps = attn.b_O.detach().double().numpy(), model.cfg.eps
+    w_post, w_final = ln1_post.w.detach().double().numpy(), model.ln_final.w.detach().double().numpy()
+    W_U, b_U = model.W_U.detach().double().numpy(), model.b_U.detach().double().numpy()
+    s_post = np.sqrt(((ref.hook @ W_O + b_O) ** 2).mean(1) + eps)
+    dec = d.decoder().detach().double().numpy()
+    checked = 0
+    for fd in feats[0].values():
+        r = (dec[fd.feature] @ W_O) * w_post
+        for ex, i in shown(fd):
+            if ex.hovers[i] is None:
+                continue
+            flat = ex.seq * ref.ctx + ex.start + i
+            x, act = ref.final[flat], ref.column(fd.feature)[0][flat]
+            scale = np.sqrt((x**2).mean() + eps)
+            new = (x - act * r / s_post[flat]) / scale * w_final @ W_U + b_U
+            delta = log_softmax(new) - log_softmax(ref.logits[flat])
+            msg = f"seed={seed} attn feature {fd.feature} ({ex.seq},{ex.start + i})"
+            check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), src.config.features.hover_top, msg)
+            checked += 1
+    assert checked > 20, f"seed={seed}: only {checked}"
 
 
 def test_summaries_and_notes(tmp_path):
