@@ -33,6 +33,14 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def written(files: dict[str, bytes], folder: Path) -> Path:
+    """``files`` (as ``files_of`` returns them) written under ``folder``."""
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A project and one complete build of it (the reference bytes)."""
@@ -75,10 +83,7 @@ def test_manifest_schema(built):
 
 def test_resume_reuses_batches_and_is_identical(built, tmp_path, capsys):
     root, _, src, _, first = built
-    cache = tmp_path / "cache"
-    for name, data in first.items():
-        (cache / name).parent.mkdir(parents=True, exist_ok=True)
-        (cache / name).write_bytes(data)
+    cache = written(first, tmp_path / "cache")
     gone = [batch_path(cache, 0, 1), batch_path(cache, 0, 3), batch_path(cache, 1, 0)]
     for path in gone:
         path.unlink()
@@ -129,10 +134,7 @@ def test_sigkill_mid_build_then_rerun_is_identical(built, tmp_path):
 
 def test_stale_cache_is_detected_and_rebuilt(built, tmp_path, capsys):
     root, config, src, _, first = built
-    cache = tmp_path / "cache"
-    for name, data in first.items():
-        (cache / name).parent.mkdir(parents=True, exist_ok=True)
-        (cache / name).write_bytes(data)
+    cache = written(first, tmp_path / "cache")
     # changed input data: the dataset fingerprint changes
     project = tmp_path / "project"
     changed = write_project(project, seed=SEED, extra={"features": {"feature_batch_size": 16}})

@@ -22,9 +22,10 @@ from transformer_lens.utilities.activation_functions import apply_softcap, softc
 
 from sitegen.compute.activations import start_layer
 
-# [rows, d_vocab] elements per hover chunk (256 MiB of float32; 256 rows of Gemma's vocabulary:
-# the unembedding streams W_U once per chunk, so taller chunks run it ~1.6x faster than 32 rows)
-CHUNK_ELEMENTS = 1 << 26
+CHUNK_ELEMENTS = 1 << 23  # [rows, d_vocab] elements per hover chunk (32 MiB of float32) ...
+# ... but at least MIN_CHUNK_ROWS rows: the unembedding streams W_U once per chunk, so at Gemma's
+# vocabulary 256 rows (256 MiB) run it ~1.6x faster than 32 would
+MIN_CHUNK_ROWS = 256
 
 
 @dataclass
@@ -151,7 +152,7 @@ def frozen_scale(norm: NormConvention, resid: torch.Tensor, eps: float) -> torch
 
 
 def rows_per_chunk(d_vocab: int) -> int:
-    return max(1, CHUNK_ELEMENTS // d_vocab)
+    return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // d_vocab)
 
 
 @torch.no_grad()

@@ -27,19 +27,23 @@ def compact_numbers(xs: list[float]) -> list[float | int]:
     return [compact_number(x) for x in xs]
 
 
+def _bits24(values: list[float]) -> np.ndarray:
+    """uint64 [n]: each value's float32 bits rounded to the top 3 bytes (sign, exponent, 15
+    mantissa bits; relative error <= 2**-16), round to nearest (ties away from zero) in magnitude."""
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return (bits + 0x80) >> 8
+
+
 def float24(x: float) -> float:
-    """``x`` as ``packed_floats`` stores it (float32 rounded to its top 3 bytes)."""
-    bits = np.asarray([x], dtype=np.float32).view(np.uint32).astype(np.uint64)
-    return float((((bits + 0x80) >> 8) << 8).astype(np.uint32).view(np.float32)[0])
+    """``x`` as ``packed_floats`` stores it."""
+    return float((_bits24([x]) << 8).astype(np.uint32).view(np.float32)[0])
 
 
 def packed_floats(values: list[float]) -> str:
-    """Base64 of 24-bit floats, 4 characters a value: each value's float32 bits rounded to the
-    top 3 bytes (sign, exponent, 15 mantissa bits: relative error <= 2**-16, so a
-    4-significant-digit value survives ``toPrecision(4)``), big-endian. NaN stays NaN.
-    static/feature.js (``floats24``) decodes them."""
-    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    top = (bits + 0x80) >> 8  # round to nearest (ties away from zero) in magnitude
+    """Base64 of 24-bit floats (``_bits24``), big-endian, 4 characters a value; a
+    4-significant-digit value survives ``toPrecision(4)``, NaN stays NaN. static/feature.js
+    (``floats24``) decodes them."""
+    top = _bits24(values)
     raw = (np.stack([top >> 16, top >> 8, top], axis=-1) & 0xFF).astype(np.uint8)
     return base64.b64encode(raw.tobytes()).decode("ascii")
 
