@@ -251,7 +251,10 @@ def shown(fd):
                 yield ex, i
 
 
-def check_hover(hover, delta: np.ndarray, next_tok: int, k: int, msg: str, atol: float = 1e-4) -> None:
+def check_hover(hover, delta: np.ndarray, next_tok: int, k: int, msg: str, atol: float | None = None) -> None:
+    """Values to 4 significant digits, and within ``atol`` (default: 1e-5 of the largest change,
+    what float32 direct effects keep; a weak feature's whole table can be ~1e-4)."""
+    atol = 1e-5 * np.abs(delta).max() + 1e-12 if atol is None else atol
     assert close(hover.loss_effect, -delta[next_tok], atol), f"{msg} loss {hover.loss_effect} {-delta[next_tok]}"
     top, bottom = np.sort(delta)[::-1][:k], np.sort(delta)[:k]
     assert all(close(x, y, atol) for x, y in zip(hover.top.values, top)), f"{msg} top {hover.top.values} {top}"
@@ -261,8 +264,10 @@ def check_hover(hover, delta: np.ndarray, next_tok: int, k: int, msg: str, atol:
 
 
 def check_direct_hovers(ref: Reference, fd, cfg, msg: str) -> int:
-    """Explicit re-computation per position: final residual minus a*r, final LayerNorm with
-    its clean scale, unembedding; log-prob changes against the model's own clean logits."""
+    """Explicit re-computation per position in float64: final residual minus a*r, final
+    LayerNorm with its clean scale, unembedding; log-prob changes against the clean logits
+    recomputed the same way (the model's float32 logits are off by ~1e-6, as large as a weak
+    feature's effect)."""
     model = ref.model
     w, b, eps = norm_parts(model)
     W_U, b_U = model.W_U.detach().double().numpy(), model.b_U.detach().double().numpy()
@@ -276,11 +281,10 @@ def check_direct_hovers(ref: Reference, fd, cfg, msg: str) -> int:
         x = ref.final[flat]
         xc = x - x.mean()
         scale = np.sqrt((xc**2).mean() + eps)
-        y = x - act * r
-        new = ((y - y.mean()) / scale * w + b) @ W_U + b_U
-        if cap := model.cfg.output_logits_soft_cap:
-            new = cap * np.tanh(new / cap) if cap > 0 else new
-        delta = log_softmax(new) - log_softmax(ref.logits[flat])
+        logits = [((y - y.mean()) / scale * w + b) @ W_U + b_U for y in (x - act * r, x)]  # removed, clean
+        if (cap := model.cfg.output_logits_soft_cap or 0) > 0:
+            logits = [cap * np.tanh(z / cap) for z in logits]
+        delta = log_softmax(logits[0]) - log_softmax(logits[1])
         check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), cfg.hover_top, msg)
         check_direct_parameters(ex.hovers[i], fd.hover_basis, act / scale, delta, (model.cfg.output_logits_soft_cap or 0) > 0,
                                 f"{msg} ({ex.seq},{ex.start + i})")
@@ -301,8 +305,8 @@ def check_direct_parameters(hover, basis, coef: float, delta: np.ndarray, capped
     low, high = (ids[:k], ids[k:]) if hover.coef > 0 else (ids[k:], ids[:k])
     assert list(low) == hover.top.token_ids and list(high) == hover.bottom.token_ids, f"{msg} basis order"
     rebuilt = -hover.coef * u - hover.shift
-    scale = abs(hover.coef) * np.abs(u).max() + abs(hover.shift)
-    assert np.abs(rebuilt - delta[ids]).max() <= 1e-4 * scale + 2e-6, f"{msg} rebuilt {rebuilt} {delta[ids]}"
+    largest = np.abs(delta[ids]).max()  # float32 work keeps ~1e-6 of the largest change: allow 1e-5
+    assert np.abs(rebuilt - delta[ids]).max() <= 1e-5 * largest + 1e-12, f"{msg} rebuilt {rebuilt} {delta[ids]}"
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -424,7 +428,7 @@ def test_exact_effects_match_a_real_rerun(tmp_path, seed, post_norm):
                 pos = ex.start + p
                 delta = log_softmax(runs[ex.seq][pos]) - log_softmax(ref.logits[ex.seq * ref.ctx + pos])
                 check_hover(ex.hovers[p], delta, int(ref.tokens[ex.seq, pos + 1]), src.config.features.hover_top,
-                            f"seed={seed} {d.name} {fd.feature} ({ex.seq},{pos})")
+                            f"seed={seed} {d.name} {fd.feature} ({ex.seq},{pos})", atol=1e-4)
                 checked += 1
     assert checked > 20, f"seed={seed}: only {checked}"
 
@@ -471,8 +475,8 @@ def test_direct_effects_through_a_post_norm(tmp_path, seed):
             x = ref.final[flat]
             scale = np.sqrt((x**2).mean() + eps)
             act = ref.hook[flat, fd.feature]
-            new = (x - act * r / s_post[flat]) / scale * w_final @ W_U + b_U
-            delta = log_softmax(new) - log_softmax(ref.logits[flat])
+            new, clean = ((y / scale * w_final) @ W_U + b_U for y in (x - act * r / s_post[flat], x))
+            delta = log_softmax(new) - log_softmax(clean)
             msg = f"seed={seed} neuron {fd.feature} ({ex.seq},{ex.start + i})"
             check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), src.config.features.hover_top, msg)
             check_direct_parameters(ex.hovers[i], fd.hover_basis, act / s_post[flat] / scale, delta, False, msg)
@@ -510,10 +514,11 @@ def test_attention_sae_direct_effects_through_a_post_norm(tmp_path, seed):
             flat = ex.seq * ref.ctx + ex.start + i
             x, act = ref.final[flat], ref.column(fd.feature)[0][flat]
             scale = np.sqrt((x**2).mean() + eps)
-            new = (x - act * r / s_post[flat]) / scale * w_final @ W_U + b_U
-            delta = log_softmax(new) - log_softmax(ref.logits[flat])
+            new, clean = ((y / scale * w_final) @ W_U + b_U for y in (x - act * r / s_post[flat], x))
+            delta = log_softmax(new) - log_softmax(clean)
             msg = f"seed={seed} attn feature {fd.feature} ({ex.seq},{ex.start + i})"
             check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), src.config.features.hover_top, msg)
+            check_direct_parameters(ex.hovers[i], fd.hover_basis, act / s_post[flat] / scale, delta, False, msg)
             checked += 1
     assert checked > 20, f"seed={seed}: only {checked}"
 

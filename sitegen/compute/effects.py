@@ -111,7 +111,7 @@ class HoverTable:
 
 def hover_rows(clean_lp: torch.Tensor, new: torch.Tensor, next_tok: torch.Tensor, k: int) -> HoverTable:
     """Compare clean log-probs with the logits after removal ([h, V] each, soft-cap applied)."""
-    delta = torch.log_softmax(new.float(), 1) - clean_lp  # [h, V]
+    delta = (torch.log_softmax(new, 1) - clean_lp).float()  # [h, V]
     k = min(k, delta.shape[1])
     top = torch.topk(delta, k, dim=1)
     bottom = torch.topk(delta, k, dim=1, largest=False)
@@ -155,6 +155,18 @@ def rows_per_chunk(d_vocab: int) -> int:
     return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // d_vocab)
 
 
+def lse_change(logp: torch.Tensor, x: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
+    """[h] log sum_v exp(logp_v - x_v): the change of the log-sum-exp when logits move by -x
+    ([h, V] each; ``logp`` clean log-probs). Computed as log1p(sum_v p_v expm1(-x_v)), which
+    keeps its relative precision when the change is tiny: a difference of two float32
+    log-sum-exps of magnitude ~log V is off by ~1e-6, as large as a weak feature's whole effect.
+    Rows ``big`` ([h] bool; where expm1 could overflow) take the plain form."""
+    out = torch.log1p((torch.exp(logp) * torch.expm1(-x)).sum(1))
+    if big.any():
+        out[big] = torch.logsumexp(logp[big] - x[big], 1)
+    return out
+
+
 @torch.no_grad()
 def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.Tensor, u: torch.Tensor,
                   rows: torch.Tensor, flat: torch.Tensor, acts: torch.Tensor, next_tok: torch.Tensor,
@@ -164,30 +176,37 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
     Clean logits are computed once per position, for chunks of positions.
 
     Without a soft-cap, removal shifts every log-prob by -c*u_v - dLSE (c = a / s_p), so the
-    top and bottom tokens are u's extremes and only dLSE needs the whole vocabulary."""
+    top and bottom tokens are u's extremes and only dLSE needs the whole vocabulary. Under a
+    soft-cap the logits are compared in float64, so that small changes keep their digits."""
     device, step = model.cfg.device, rows_per_chunk(u.shape[1])
     cap = model.cfg.output_logits_soft_cap
+    capped = softcap_enabled(cap)
+    sub = step // 2 if capped else step  # hover rows at a time (float64 ones are twice as large)
     k = min(k, u.shape[1])
     u = u.to(device)
     u_high, u_low = torch.topk(u, k, dim=1).indices, torch.topk(u, k, dim=1, largest=False).indices  # [B, k]
+    u_max = u.abs().amax(1)  # [B]
     where, inv = torch.unique_consecutive(flat, return_inverse=True)
     parts = []
     for p in range(0, len(where), step):
         resid = final[where[p : p + step]].to(device)  # [p, d_model]
         pre = unembed(model, model.ln_final(resid) if norm.present else resid).float()  # [p, V] before any cap
         scale = frozen_scale(norm, resid, model.cfg.eps)
-        clean_lp = torch.log_softmax(apply_softcap(pre, cap), 1) if softcap_enabled(cap) else None
-        clean_lse = torch.logsumexp(pre, 1)
+        if capped:
+            pre = pre.double()
+            clean_lp = torch.log_softmax(apply_softcap(pre, cap), 1)
+        else:
+            pre = torch.log_softmax(pre, 1)  # clean log-probs from here on
         lo, hi = torch.searchsorted(inv, torch.tensor([p, p + step])).tolist()
-        for s in range(lo, hi, step):
-            q = slice(s, min(hi, s + step))
+        for s in range(lo, hi, sub):
+            q = slice(s, min(hi, s + sub))
             at, r, nxt = inv[q] - p, rows[q].to(device), next_tok[q].to(device)
             coef = (acts[q].to(device) / scale[at])[:, None]  # [h, 1]
-            new = torch.addcmul(pre[at], coef, u[r], value=-1.0)  # [h, V] logits with the feature removed
-            if clean_lp is not None:
+            if capped:
+                new = torch.addcmul(pre[at], coef.double(), u[r].double(), value=-1.0)  # [h, V] logits without the feature
                 parts.append(hover_rows(clean_lp[at], apply_softcap(new, cap), nxt, k))
                 continue
-            shift = torch.logsumexp(new, 1, keepdim=True) - clean_lse[at, None]  # [h, 1]
+            shift = lse_change(pre[at], coef * u[r], coef.squeeze(1).abs() * u_max[r] > 30)[:, None]  # [h, 1]
             up = torch.where(coef > 0, u_low[r], u_high[r])  # largest log-prob increases first
             down = torch.where(coef > 0, u_high[r], u_low[r])
             top = -coef * u[r[:, None], up] - shift  # [h, k] (indexing u[r] first would copy [h, V])
@@ -230,5 +249,5 @@ def exact_hovers(model: HookedTransformer, hook_name: str, start: torch.Tensor |
             run = pair_run[q]
             new = final_logits(model, out[run - s, pair_pos[q]])
             clean = final_logits(model, final[runs_seq[run] * ctx + pair_pos[q]].to(device))
-            parts.append(hover_rows(torch.log_softmax(clean.float(), 1), new, next_tok[q].to(device), k))
+            parts.append(hover_rows(torch.log_softmax(clean.float(), 1), new.float(), next_tok[q].to(device), k))
     return cat_tables(parts, k)
