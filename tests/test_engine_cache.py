@@ -3,7 +3,6 @@ stale-cache detection, the manifest, memmapped activations, and the helpers."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import signal
@@ -19,7 +18,7 @@ from fixtures import tiny_tokens, write_project
 from sitegen.compute import build_feature_cache
 from sitegen.compute.activations import capture_activations
 from sitegen.compute.engine import referenced_tokens
-from sitegen.compute.cache import batch_path, dumps, feature_data_from_dict, read_json, read_manifest, write_batch
+from sitegen.compute.cache import batch_path, feature_data_from_dict, read_json, read_manifest, write_batch
 from sitegen.compute.feature_data import FORMAT_VERSION
 from sitegen.compute.rounding import round_sig
 from sitegen.compute.stats import dense_histograms, row_histograms
@@ -185,15 +184,19 @@ def test_capture_to_memmap_equals_memory(built, tmp_path):
     assert not disk.folder.exists()
 
 
-def test_batches_are_asdict_json_and_round_trip(built, tmp_path):
+def test_batches_round_trip_through_feature_data(built, tmp_path):
+    """The engine's batch text is what ``dumps_features`` writes for the FeatureData read back
+    from it; direct hovers are stored as (coef, loss effect, shift) alone."""
     root, _, _, _, _ = built
     for i, b in ((1, 0), (0, 2)):
         dicts = read_json(batch_path(root / "first", i, b))
         features = [feature_data_from_dict(d) for d in dicts]
-        assert [dataclasses.asdict(f) for f in features] == dicts
         write_batch(tmp_path, i, b, features)
-        assert batch_path(tmp_path, i, b).read_bytes() == dumps([dataclasses.asdict(f) for f in features])
         assert batch_path(tmp_path, i, b).read_bytes() == batch_path(root / "first", i, b).read_bytes()
+        stored = [h for d in dicts for e in d["top_examples"] for h in e["hovers"] if h is not None]
+        assert stored and all(sorted(h) == ["coef", "loss_effect", "shift"] for h in stored)
+        hovers = [h for f in features for e in f.top_examples for h in e.hovers if h is not None]
+        assert all(len(h.top.token_ids) == len(h.top.values) == 5 for h in hovers)
 
 
 def test_tokens_json_holds_exactly_the_shown_tokens(built):

@@ -4,7 +4,8 @@ Layout of ``<cache>/``:
 - ``manifest.json``: format version, config hash, input fingerprints, dictionary
   summaries, build statistics; ``complete`` is true once every batch is written.
 - ``tokens.json``: ``{token_id: display text}`` for every token id any FeatureData uses.
-- ``features/<dictionary index>/<batch:05d>.json``: a JSON list of FeatureData dicts.
+- ``features/<dictionary index>/<batch:05d>.json``: a JSON list of FeatureData dicts
+  (``stored_form``: a direct hover keeps coef and shift, not the lists they give).
 
 Every file is written atomically (temp file + fsync + rename), so an interrupted
 build leaves only whole files, and a rerun resumes at the first missing batch.
@@ -29,6 +30,7 @@ from sitegen.compute.feature_data import (
     Ranked,
     TokenValues,
 )
+from sitegen.compute.rounding import sig_float
 from sitegen.errors import SitegenError
 
 
@@ -69,9 +71,20 @@ def batch_path(cache: Path, dict_index: int, batch: int) -> Path:
     return cache / "features" / str(dict_index) / f"{batch:05d}.json"
 
 
+def stored_form(obj: Any) -> dict:
+    """The cache's dict of one of the FeatureData dataclasses: its fields, except that a direct
+    hover (``coef`` set) leaves out its two lists, which follow from coef, shift and the
+    feature's hover_basis (``direct_lists``), and a listed one leaves out coef and shift."""
+    if isinstance(obj, Hover):
+        if obj.coef is not None:
+            return {"coef": obj.coef, "loss_effect": obj.loss_effect, "shift": obj.shift}
+        return {"bottom": obj.bottom, "loss_effect": obj.loss_effect, "top": obj.top}
+    return vars(obj)
+
+
 def dumps_features(features: list[FeatureData]) -> bytes:
-    """``dumps([dataclasses.asdict(f) for f in features])``, without building the dicts."""
-    return json.dumps(features, default=vars, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+    """The batch file of ``features``: a JSON list of their ``stored_form``s."""
+    return json.dumps(features, default=stored_form, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
                       allow_nan=False).encode()
 
 
@@ -92,29 +105,49 @@ def _token_values(d: dict) -> TokenValues:
     return TokenValues(d["token_ids"], d["values"])
 
 
-def _example(d: dict) -> Example:
-    hovers = [
-        None if h is None else Hover(h["loss_effect"], _token_values(h["top"]), _token_values(h["bottom"]),
-                                     h.get("coef"), h.get("shift"))
-        for h in d["hovers"]
-    ]
+def direct_lists(coef: float, shift: float, basis: TokenValues) -> tuple[TokenValues, TokenValues]:
+    """(top, bottom) of a direct hover: the log-prob changes -coef * u - shift at the basis
+    tokens (the k lowest u ascending, then the k highest descending), largest increases first
+    and largest decreases first, at the cache's 4 significant digits."""
+    k = len(basis.token_ids) // 2
+    low, high = slice(0, k), slice(k, 2 * k)
+    up, down = (low, high) if coef > 0 else (high, low)
+
+    def changes(part: slice) -> TokenValues:
+        return TokenValues(basis.token_ids[part], [sig_float(-coef * u - shift) for u in basis.values[part]])
+
+    return changes(up), changes(down)
+
+
+def _hover(h: dict | None, basis: TokenValues) -> Hover | None:
+    if h is None:
+        return None
+    if h.get("coef") is not None:
+        return Hover(h["loss_effect"], *direct_lists(h["coef"], h["shift"], basis), h["coef"], h["shift"])
+    return Hover(h["loss_effect"], _token_values(h["top"]), _token_values(h["bottom"]))
+
+
+def _example(d: dict, basis: TokenValues) -> Example:
+    hovers = [_hover(h, basis) for h in d["hovers"]]
     return Example(d["seq"], d["pos"], d["start"], d["token_ids"], d["acts"], hovers)
 
 
-def _group(d: dict | None) -> IntervalGroup | None:
+def _group(d: dict | None, basis: TokenValues) -> IntervalGroup | None:
     if d is None:
         return None
-    return IntervalGroup(d["lower"], d["upper"], d["fraction"], [_example(e) for e in d["examples"]])
+    return IntervalGroup(d["lower"], d["upper"], d["fraction"], [_example(e, basis) for e in d["examples"]])
 
 
 def feature_data_from_dict(d: dict) -> FeatureData:
+    """A FeatureData from its ``stored_form`` (as read from a batch file)."""
+    basis = _token_values(d["hover_basis"])
     return FeatureData(
         **{
             **d,
             "act_histogram": Histogram(**d["act_histogram"]),
-            "top_examples": [_example(e) for e in d["top_examples"]],
-            "intervals": [_group(g) for g in d["intervals"]],
-            "negative": _group(d["negative"]),
+            "top_examples": [_example(e, basis) for e in d["top_examples"]],
+            "intervals": [_group(g, basis) for g in d["intervals"]],
+            "negative": _group(d["negative"], basis),
             "logit_top": _token_values(d["logit_top"]),
             "logit_bottom": _token_values(d["logit_bottom"]),
             "logit_histogram": Histogram(**d["logit_histogram"]),
@@ -123,7 +156,7 @@ def feature_data_from_dict(d: dict) -> FeatureData:
             "correlated_features": Ranked(**d["correlated_features"]),
             "decoder_neighbours": Ranked(**d["decoder_neighbours"]),
             "top_tokens": _token_values(d["top_tokens"]),
-            "hover_basis": _token_values(d["hover_basis"]),
+            "hover_basis": basis,
         }
     )
 

@@ -3,14 +3,14 @@
 Produced by ``sitegen.compute`` and consumed by ``sitegen.render``. Token ids are
 kept as ints; the renderer turns them into strings through ``TokenTable``.
 Floats are rounded to the precision a page shows (see ``rounded``) before caching.
-Serialisation: ``dataclasses.asdict`` / ``feature_data_from_dict`` (see cache.py).
+Serialisation: ``cache.dumps_features`` / ``cache.feature_data_from_dict``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -39,7 +39,9 @@ class Hover:
     bottom: TokenValues  # largest log-prob decreases when the feature is removed
     # "direct" effects without a logit soft-cap: every log-prob change is -coef * u[t] - shift,
     # u the feature's logit effects (FeatureData.hover_basis), coef = activation / frozen norm
-    # scale(s), shift = change of the log-sum-exp (7 significant digits); None otherwise
+    # scale(s), shift = change of the log-sum-exp (7 significant digits); None otherwise.
+    # The cache stores such a hover without top and bottom, which follow from these
+    # (cache.stored_form, cache.direct_lists)
     coef: float | None = None
     shift: float | None = None
 

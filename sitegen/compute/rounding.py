@@ -38,6 +38,11 @@ def round_sig(t: torch.Tensor, digits: int = DIGITS) -> torch.Tensor:
     return out
 
 
+def sig_float(x: float, digits: int = DIGITS) -> float:
+    """One Python float at ``digits`` significant digits, as ``round_sig`` rounds (0 for -0)."""
+    return float(f"{x:.{digits}g}") + 0.0
+
+
 def rounded(t: torch.Tensor, digits: int = DIGITS) -> list:
     """``round_sig(t, digits).tolist()``: (nested) Python floats, ready for JSON (which has no NaN/inf)."""
     if not bool(torch.isfinite(t).all()):

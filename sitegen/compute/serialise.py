@@ -1,7 +1,7 @@
 """Batch tensors -> the batch file's JSON text, written directly.
 
-The text is exactly ``cache.dumps([dataclasses.asdict(f) for f in features])`` for the
-FeatureData the tensors describe (keys sorted, no spaces, Python's float repr),
+The text is exactly ``cache.dumps_features(features)`` for the FeatureData the tensors
+describe (their ``stored_form``s, keys sorted, no spaces, Python's float repr),
 produced with string joins instead of building ~100k dataclass objects per batch
 and encoding them, which is several times faster. tests/test_engine_cache.py checks
 the text against a json round trip and ``feature_data_from_dict``.
@@ -81,19 +81,25 @@ def precise_or_null(values: torch.Tensor, ok: torch.Tensor) -> list[str]:
 
 
 def hover_json(t: HoverTable | None) -> list[str]:
-    """Each hover's JSON (``null`` where it is not finite)."""
+    """Each hover's ``stored_form`` JSON (``null`` where it is not finite): coef, loss effect
+    and shift for direct ones (coef finite), the listed tokens otherwise."""
     if t is None:
         return []
     ok = t.ok.tolist()
     loss = rounded(torch.where(t.ok, t.loss, 0.0))
-    fine = t.ok[:, None]
-    top_ids, top_vals = t.top_ids.tolist(), rounded(torch.where(fine, t.top_vals, 0.0))
-    bot_ids, bot_vals = t.bottom_ids.tolist(), rounded(torch.where(fine, t.bottom_vals, 0.0))
     coef, shift = precise_or_null(t.coef, t.ok), precise_or_null(t.shift, t.ok)
+    listed = t.ok & ~torch.isfinite(t.coef)
+    lists = {}
+    if bool(listed.any()):
+        fine = listed[:, None]
+        top_ids, top_vals = t.top_ids.tolist(), rounded(torch.where(fine, t.top_vals, 0.0))
+        bot_ids, bot_vals = t.bottom_ids.tolist(), rounded(torch.where(fine, t.bottom_vals, 0.0))
+        lists = {i: (f'{{"bottom":{{"token_ids":{ints(bot_ids[i])},"values":{floats(bot_vals[i])}}},'
+                     f'"loss_effect":{loss[i]!r},"top":{{"token_ids":{ints(top_ids[i])},"values":{floats(top_vals[i])}}}}}')
+                 for i in listed.nonzero().squeeze(1).tolist()}
     return [
-        f'{{"bottom":{{"token_ids":{ints(bi)},"values":{floats(bv)}}},"coef":{c},"loss_effect":{lo!r},'
-        f'"shift":{sh},"top":{{"token_ids":{ints(ti)},"values":{floats(tv)}}}}}' if good else "null"
-        for good, lo, ti, tv, bi, bv, c, sh in zip(ok, loss, top_ids, top_vals, bot_ids, bot_vals, coef, shift)
+        lists.get(i, "null") if c == "null" else f'{{"coef":{c},"loss_effect":{lo!r},"shift":{sh}}}'
+        for i, (lo, c, sh) in enumerate(zip(loss, coef, shift))
     ]
 
 
