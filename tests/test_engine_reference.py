@@ -523,6 +523,24 @@ def test_attention_sae_direct_effects_through_a_post_norm(tmp_path, seed):
     assert checked > 20, f"seed={seed}: only {checked}"
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_log_sum_exp_change_keeps_relative_precision(seed):
+    """lse_change (float32) against log sum exp(logp - x) in float64, for changes from 1e-7 to
+    ~100 (past LARGE_CHANGE, where it takes the plain form): within 1e-5 of the largest |x|."""
+    from sitegen.compute.effects import LARGE_CHANGE, lse_change
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(60, 3000, generator=g, dtype=torch.float64) * 4
+    logp = torch.log_softmax(logits, 1)
+    x = torch.randn(60, 3000, generator=g, dtype=torch.float64) * torch.logspace(-7, 2, 60, dtype=torch.float64)[:, None]
+    big = x.abs().amax(1) > LARGE_CHANGE
+    assert 0 < int(big.sum()) < 60
+    got = lse_change(logp.float(), x.float(), big).double()
+    want = torch.logsumexp(logp - x.float().double(), 1)
+    err = (got - want).abs() / x.abs().amax(1)
+    assert float(err.max()) < 1e-5, f"seed={seed} worst row {int(err.argmax())}: {float(err.max())}"
+
+
 def test_summaries_and_notes(tmp_path):
     src = project(tmp_path, 0)
     build(src, tmp_path)

@@ -26,6 +26,9 @@ CHUNK_ELEMENTS = 1 << 23  # [rows, d_vocab] elements per hover chunk (32 MiB of 
 # ... but at least MIN_CHUNK_ROWS rows: the unembedding streams W_U once per chunk, so at Gemma's
 # vocabulary 256 rows (256 MiB) run it ~1.6x faster than 32 would
 MIN_CHUNK_ROWS = 256
+# rows whose largest |coef * u| exceeds this take the plain log-sum-exp in ``lse_change``
+# (expm1 would grow towards float32 overflow); their changes are large, so ~1e-6 is noise there
+LARGE_CHANGE = 30.0
 
 
 @dataclass
@@ -178,10 +181,9 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
     Without a soft-cap, removal shifts every log-prob by -c*u_v - dLSE (c = a / s_p), so the
     top and bottom tokens are u's extremes and only dLSE needs the whole vocabulary. Under a
     soft-cap the logits are compared in float64, so that small changes keep their digits."""
-    device, step = model.cfg.device, rows_per_chunk(u.shape[1])
-    cap = model.cfg.output_logits_soft_cap
+    device, cap = model.cfg.device, model.cfg.output_logits_soft_cap
     capped = softcap_enabled(cap)
-    sub = step // 2 if capped else step  # hover rows at a time (float64 ones are twice as large)
+    step = rows_per_chunk(u.shape[1]) // (2 if capped else 1)  # rows at a time (float64 ones are twice as large)
     k = min(k, u.shape[1])
     u = u.to(device)
     u_high, u_low = torch.topk(u, k, dim=1).indices, torch.topk(u, k, dim=1, largest=False).indices  # [B, k]
@@ -194,19 +196,20 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
         scale = frozen_scale(norm, resid, model.cfg.eps)
         if capped:
             pre = pre.double()
-            clean_lp = torch.log_softmax(apply_softcap(pre, cap), 1)
+            clean_lp = torch.log_softmax(apply_softcap(pre, cap), 1)  # [p, V]
         else:
-            pre = torch.log_softmax(pre, 1)  # clean log-probs from here on
+            clean_lp = torch.log_softmax(pre, 1)
+            del pre  # [p, V] freed: only the log-probs are needed
         lo, hi = torch.searchsorted(inv, torch.tensor([p, p + step])).tolist()
-        for s in range(lo, hi, sub):
-            q = slice(s, min(hi, s + sub))
+        for s in range(lo, hi, step):
+            q = slice(s, min(hi, s + step))
             at, r, nxt = inv[q] - p, rows[q].to(device), next_tok[q].to(device)
             coef = (acts[q].to(device) / scale[at])[:, None]  # [h, 1]
             if capped:
                 new = torch.addcmul(pre[at], coef.double(), u[r].double(), value=-1.0)  # [h, V] logits without the feature
                 parts.append(hover_rows(clean_lp[at], apply_softcap(new, cap), nxt, k))
                 continue
-            shift = lse_change(pre[at], coef * u[r], coef.squeeze(1).abs() * u_max[r] > 30)[:, None]  # [h, 1]
+            shift = lse_change(clean_lp[at], coef * u[r], coef.squeeze(1).abs() * u_max[r] > LARGE_CHANGE)[:, None]  # [h, 1]
             up = torch.where(coef > 0, u_low[r], u_high[r])  # largest log-prob increases first
             down = torch.where(coef > 0, u_high[r], u_low[r])
             top = -coef * u[r[:, None], up] - shift  # [h, k] (indexing u[r] first would copy [h, V])
