@@ -163,10 +163,12 @@ def lse_change(logp: torch.Tensor, x: torch.Tensor, big: torch.Tensor) -> torch.
     ([h, V] each; ``logp`` clean log-probs). Computed as log1p(sum_v p_v expm1(-x_v)), which
     keeps its relative precision when the change is tiny: a difference of two float32
     log-sum-exps of magnitude ~log V is off by ~1e-6, as large as a weak feature's whole effect.
-    Rows ``big`` ([h] bool; where expm1 could overflow) take the plain form."""
-    out = torch.log1p((torch.exp(logp) * torch.expm1(-x)).sum(1))
-    if big.any():
-        out[big] = torch.logsumexp(logp[big] - x[big], 1)
+    Rows ``big`` ([h] bool; where expm1 could overflow) take the plain form.
+    Works in place: ``logp`` and ``x`` are overwritten (pass copies)."""
+    plain = torch.logsumexp(logp[big] - x[big], 1) if bool(big.any()) else None
+    out = logp.exp_().mul_(x.neg_().expm1_()).sum(1).log1p_()
+    if plain is not None:
+        out[big] = plain
     return out
 
 
@@ -209,7 +211,8 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
                 new = torch.addcmul(pre[at], coef.double(), u[r].double(), value=-1.0)  # [h, V] logits without the feature
                 parts.append(hover_rows(clean_lp[at], apply_softcap(new, cap), nxt, k))
                 continue
-            shift = lse_change(clean_lp[at], coef * u[r], coef.squeeze(1).abs() * u_max[r] > LARGE_CHANGE)[:, None]  # [h, 1]
+            big = coef.squeeze(1).abs() * u_max[r] > LARGE_CHANGE
+            shift = lse_change(clean_lp[at], u[r].mul_(coef), big)[:, None]  # [h, 1] (both arguments are copies)
             up = torch.where(coef > 0, u_low[r], u_high[r])  # largest log-prob increases first
             down = torch.where(coef > 0, u_high[r], u_low[r])
             top = -coef * u[r[:, None], up] - shift  # [h, k] (indexing u[r] first would copy [h, V])
