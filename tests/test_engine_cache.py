@@ -195,8 +195,39 @@ def test_batches_round_trip_through_feature_data(built, tmp_path):
         assert batch_path(tmp_path, i, b).read_bytes() == batch_path(root / "first", i, b).read_bytes()
         stored = [h for d in dicts for e in d["top_examples"] for h in e["hovers"] if h is not None]
         assert stored and all(sorted(h) == ["coef", "loss_effect", "shift"] for h in stored)
-        hovers = [h for f in features for e in f.top_examples for h in e.hovers if h is not None]
-        assert all(len(h.top.token_ids) == len(h.top.values) == 5 for h in hovers)
+
+
+def test_hover_json_is_the_stored_form_of_every_kind_of_hover():
+    """The engine's hover text equals ``dumps_features``'s for the hover read back from it: direct
+    rows (coef set), listed rows (NaN coef: exact or soft-capped effects), non-finite rows
+    (``null``), in one mixed table, with -0.0 and tiny values."""
+    from sitegen.compute.cache import _hover, stored_form
+    from sitegen.compute.effects import HoverTable
+    from sitegen.compute.feature_data import TokenValues
+    from sitegen.compute.serialise import hover_json
+
+    g = torch.Generator().manual_seed(SEED)
+    n, k = 40, 3
+    kind = torch.arange(n) % 4  # 0, 1: direct; 2: listed; 3: not finite
+    coef = torch.where(kind < 2, torch.randn(n, generator=g) * 10.0 ** torch.randint(-12, 2, (n,), generator=g), float("nan"))
+    coef[0] = -0.0
+    loss = torch.randn(n, generator=g) * 1e-3
+    loss[1] = -0.0
+    loss[kind == 3] = float("inf")
+    table = HoverTable(loss, torch.randint(0, 50, (n, k), generator=g), torch.randn(n, k, generator=g),
+                       torch.randint(0, 50, (n, k), generator=g), torch.randn(n, k, generator=g),
+                       torch.isfinite(loss), coef, torch.randn(n, generator=g) * 1e-4)
+    basis = TokenValues(list(range(2 * k)), sorted(torch.randn(2 * k, generator=g).tolist()))
+    texts = hover_json(table)
+    assert [t == "null" for t in texts] == (kind == 3).tolist()
+    for text, kd in zip(texts, kind.tolist()):
+        stored = json.loads(text)
+        if stored is None:
+            continue
+        assert sorted(stored) == (["coef", "loss_effect", "shift"] if kd < 2 else ["bottom", "loss_effect", "top"])
+        again = json.dumps(_hover(stored, basis), default=stored_form, separators=(",", ":"), sort_keys=True,
+                           ensure_ascii=False, allow_nan=False)
+        assert again == text
 
 
 def test_tokens_json_holds_exactly_the_shown_tokens(built):

@@ -79,7 +79,8 @@ def batch_tensors(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesC
     pair_rows, pair_flat = pair_keys // n_tok, pair_keys % n_tok
     pair_act = torch.zeros(len(pair_keys)).index_put_((inverse,), win.acts[need])
     u = logit_directions(model, ctx.norm, ctx.directions[idx]) if ctx.directions is not None else None  # [B, V]
-    hovers = batch_hovers(model, cfg, ctx, ent, idx, u, pair_rows, pair_flat, pair_act, tokens)
+    basis = hover_basis(model, u, cfg.hover_top) if ctx.effects == "direct" else None
+    hovers = batch_hovers(model, cfg, ctx, ent, idx, u, basis, pair_rows, pair_flat, pair_act, tokens)
     gram, hook_sums = ctx.acts.correlation_sums(idx, ent)
     acts = ctx.acts
     sx, sxx = acts.sx[idx], acts.sxx[idx]
@@ -91,7 +92,7 @@ def batch_tensors(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesC
         logit_top=None if u is None else tuple(reversed(torch.topk(u, k, dim=1))),
         logit_bottom=None if u is None else tuple(reversed(torch.topk(u, k, dim=1, largest=False))),
         logit_hist=None if u is None else dense_histograms(u, cfg.logit_histogram_bins),
-        hover_basis=hover_basis(model, u, cfg.hover_top) if ctx.effects == "direct" else None,
+        hover_basis=basis,
         alignment=neuron_alignment(ctx.decoder[idx], cfg.n_related),
         corr_neurons=correlated(acts.n_clean, hook_sums, sx, sxx, acts.sh, acts.shh, cfg.n_related,
                                 idx if ctx.d.kind == "neurons" else None, with_cosine=True),
@@ -101,18 +102,19 @@ def batch_tensors(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesC
 
 
 def batch_hovers(model: HookedTransformer, cfg: FeaturesConfig, ctx: DictionaryContext, ent: BatchEntries,
-                 idx: torch.Tensor, u: torch.Tensor | None, rows: torch.Tensor, flat: torch.Tensor,
-                 act: torch.Tensor, tokens: torch.Tensor) -> HoverTable | None:
+                 idx: torch.Tensor, u: torch.Tensor | None, basis: tuple[torch.Tensor, torch.Tensor] | None,
+                 rows: torch.Tensor, flat: torch.Tensor, act: torch.Tensor, tokens: torch.Tensor) -> HoverTable | None:
     """Hover tables of the pairs (row, flat position), sorted by (row, position), with
-    activations ``act``; None when effects are off."""
+    activations ``act``; None when effects are off. ``basis``: the features' hover_basis
+    (direct effects without a soft-cap), whose tokens direct hovers list."""
     n_seq, n_ctx = tokens.shape
     next_tok = tokens.reshape(-1)[flat + 1]
     if ctx.effects == "direct":
         order = torch.argsort(flat * len(idx) + rows)  # by position, so clean logits are shared
         if ctx.post_scale is not None:  # the residual stream receives act / scale of the post-norm
             act = act / ctx.post_scale[flat]
-        table = direct_hovers(model, ctx.norm, ctx.final, u, rows[order], flat[order], act[order],
-                              next_tok[order], cfg.hover_top)
+        table = direct_hovers(model, ctx.norm, ctx.final, u, None if basis is None else basis[0], rows[order],
+                              flat[order], act[order], next_tok[order], cfg.hover_top)
         return table.take(torch.argsort(order))
     if ctx.effects == "exact":  # one re-run per (feature, sequence)
         run_keys, pair_run = torch.unique_consecutive(rows * n_seq + flat // n_ctx, return_inverse=True)

@@ -158,27 +158,34 @@ def rows_per_chunk(d_vocab: int) -> int:
     return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // d_vocab)
 
 
-def lse_change(logp: torch.Tensor, x: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
-    """[h] log sum_v exp(logp_v - x_v): the change of the log-sum-exp when logits move by -x
-    ([h, V] each; ``logp`` clean log-probs). Computed as log1p(sum_v p_v expm1(-x_v)), which
+def lse_change(clean_lp: torch.Tensor, at: torch.Tensor, u: torch.Tensor, r: torch.Tensor, coef: torch.Tensor,
+               u_max: torch.Tensor) -> torch.Tensor:
+    """[h] log sum_v exp(lp_v - c u_v): the change of the log-sum-exp when the logits move by
+    -c*u, for rows ``at`` of clean log-probs [p, V], rows ``r`` of ``u`` [B, V], ``coef`` [h, 1]
+    and ``u_max`` = max |u| per row of u. Computed as log1p(sum_v p_v expm1(-c u_v)), which
     keeps its relative precision when the change is tiny: a difference of two float32
     log-sum-exps of magnitude ~log V is off by ~1e-6, as large as a weak feature's whole effect.
-    Rows ``big`` ([h] bool; where expm1 could overflow) take the plain form.
-    Works in place: ``logp`` and ``x`` are overwritten (pass copies)."""
-    plain = torch.logsumexp(logp[big] - x[big], 1) if bool(big.any()) else None
-    out = logp.exp_().mul_(x.neg_().expm1_()).sum(1).log1p_()
-    if plain is not None:
-        out[big] = plain
+    Rows where that form cancels (most of the probability removed, 1 + sum < 1/2) or where expm1
+    could overflow (|c u| > LARGE_CHANGE) take the plain log-sum-exp; their changes are large."""
+    big = coef.squeeze(1).abs() * u_max[r] > LARGE_CHANGE
+    x = u.index_select(0, r).mul_(coef).neg_().expm1_()  # [h, V] fresh copies, worked on in place
+    total = clean_lp.index_select(0, at).exp_().mul_(x).sum(1)  # [h] sum_v p_v expm1(-c u_v)
+    out = total.log1p()
+    plain = big | (total < -0.5) | ~torch.isfinite(total)
+    if bool(plain.any()):
+        at, r, c = at[plain], r[plain], coef[plain]
+        out[plain] = torch.logsumexp(clean_lp.index_select(0, at) - c * u.index_select(0, r), 1)
     return out
 
 
 @torch.no_grad()
 def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.Tensor, u: torch.Tensor,
-                  rows: torch.Tensor, flat: torch.Tensor, acts: torch.Tensor, next_tok: torch.Tensor,
-                  k: int) -> HoverTable:
+                  basis: torch.Tensor | None, rows: torch.Tensor, flat: torch.Tensor, acts: torch.Tensor,
+                  next_tok: torch.Tensor, k: int) -> HoverTable:
     """Hovers for pairs (feature row, flat position, activation), sorted by position.
-    ``final``: [n_tok, d_model] clean final residuals; ``u``: [B, V] logit directions.
-    Clean logits are computed once per position, for chunks of positions.
+    ``final``: [n_tok, d_model] clean final residuals; ``u``: [B, V] logit directions;
+    ``basis``: [B, 2k] ids of each row's k lowest then k highest u (``hover_basis``; None under
+    a soft-cap). Clean logits are computed once per position, for chunks of positions.
 
     Without a soft-cap, removal shifts every log-prob by -c*u_v - dLSE (c = a / s_p), so the
     top and bottom tokens are u's extremes and only dLSE needs the whole vocabulary. Under a
@@ -188,7 +195,8 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
     step = rows_per_chunk(u.shape[1]) // (2 if capped else 1)  # rows at a time (float64 ones are twice as large)
     k = min(k, u.shape[1])
     u = u.to(device)
-    u_high, u_low = torch.topk(u, k, dim=1).indices, torch.topk(u, k, dim=1, largest=False).indices  # [B, k]
+    if not capped:
+        u_low, u_high = basis[:, :k].to(device), basis[:, k:].to(device)  # [B, k] each
     u_max = u.abs().amax(1)  # [B]
     where, inv = torch.unique_consecutive(flat, return_inverse=True)
     parts = []
@@ -211,8 +219,7 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
                 new = torch.addcmul(pre[at], coef.double(), u[r].double(), value=-1.0)  # [h, V] logits without the feature
                 parts.append(hover_rows(clean_lp[at], apply_softcap(new, cap), nxt, k))
                 continue
-            big = coef.squeeze(1).abs() * u_max[r] > LARGE_CHANGE
-            shift = lse_change(clean_lp[at], u[r].mul_(coef), big)[:, None]  # [h, 1] (both arguments are copies)
+            shift = lse_change(clean_lp, at, u, r, coef, u_max)[:, None]  # [h, 1]
             up = torch.where(coef > 0, u_low[r], u_high[r])  # largest log-prob increases first
             down = torch.where(coef > 0, u_high[r], u_low[r])
             top = -coef * u[r[:, None], up] - shift  # [h, k] (indexing u[r] first would copy [h, V])

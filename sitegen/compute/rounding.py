@@ -39,7 +39,9 @@ def round_sig(t: torch.Tensor, digits: int = DIGITS) -> torch.Tensor:
 
 
 def sig_float(x: float, digits: int = DIGITS) -> float:
-    """One Python float at ``digits`` significant digits, as ``round_sig`` rounds (0 for -0)."""
+    """One Python float at ``digits`` significant digits, correctly rounded from its exact binary
+    value (``round_sig`` may differ by one unit in the last digit at near-halves), -0.0 as 0.0.
+    For values derived on read (``cache.direct_lists``), never written back."""
     return float(f"{x:.{digits}g}") + 0.0
 
 
