@@ -276,6 +276,16 @@ def test_histograms_match_numpy_on_edges():
         want_counts, want_edges = np.histogram(v, 40)
         assert counts[r].tolist() == want_counts.tolist(), f"row {r} seed={SEED}"
         assert edges[r].numpy().tolist() == want_edges.astype(np.float32).tolist()
+    # many rows at random scales and offsets, some values on edges, against numpy row by row
+    scales = 10.0 ** rng.uniform(-6, 6, size=60)
+    many = [(rng.gamma(0.5, size=rng.integers(1, 400)) * s + rng.normal() * s).astype(np.float32) for s in scales]
+    many[0] = np.linspace(0, 40, 41, dtype=np.float32)
+    rows_t = torch.from_numpy(np.concatenate([np.full(len(v), r) for r, v in enumerate(many)]))
+    vals_t = torch.from_numpy(np.concatenate(many))
+    lo, hi = torch.tensor([v.min() for v in many]), torch.tensor([v.max() for v in many])
+    edges, counts = row_histograms(rows_t, vals_t, len(many), lo, hi, 40)
+    for r, v in enumerate(many):
+        assert counts[r].tolist() == np.histogram(v, 40)[0].tolist(), f"row {r} seed={SEED}"
     dense = torch.from_numpy(rng.normal(size=(3, 500)).astype(np.float32))
     dense[0, :41] = torch.arange(41.0)
     edges, counts = dense_histograms(dense, 40)

@@ -60,18 +60,19 @@ def numpy_edges(lo: torch.Tensor, hi: torch.Tensor, empty: torch.Tensor, bins: i
 
 def bin_index(edges: torch.Tensor, rows: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
     """[m] int64: bin of each value in its row's edges [R, E]: edges[i] <= v < edges[i+1],
-    the last bin closed (numpy.histogram's rule). Binary search, vectorised."""
-    n_edges = edges.shape[1]
-    flat = edges.reshape(-1)
-    lo = torch.zeros_like(rows)
-    hi = torch.full_like(rows, n_edges - 2)
-    base = rows * n_edges
-    while bool((lo < hi).any()):
-        mid = (lo + hi + 1) // 2
-        go = flat[base + mid] <= val
-        lo = torch.where(go, mid, lo)
-        hi = torch.where(go, hi, mid - 1)
-    return lo
+    the last bin closed (numpy.histogram's rule). A guess from the row's range, then moved
+    by whole bins until the edges agree (one step at most, but for rounding), vectorised."""
+    n_bins = edges.shape[1] - 1
+    first, last = edges[rows, 0].double(), edges[rows, -1].double()
+    width = (last - first).clamp(min=torch.finfo(torch.float64).tiny)
+    idx = ((val.double() - first) / width * n_bins).floor().clamp(0, n_bins - 1).long()
+    flat, base = edges.reshape(-1), rows * (n_bins + 1)
+    while True:
+        down = val < flat[base + idx]
+        up = (idx < n_bins - 1) & (val >= flat[base + idx + 1])
+        if not bool(down.any() or up.any()):
+            return idx
+        idx = idx - down.long() + up.long()
 
 
 def row_histograms(rows: torch.Tensor, val: torch.Tensor, n_rows: int, lo: torch.Tensor, hi: torch.Tensor,
