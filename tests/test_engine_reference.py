@@ -444,6 +444,29 @@ def test_direct_effects_with_a_logit_softcap(tmp_path, seed):
     assert checked > 100, f"seed={seed}: only {checked}"
 
 
+def check_post_norm_hovers(ref: Reference, fd, r: np.ndarray, s_post: np.ndarray, msg: str) -> int:
+    """Direct hovers of a feature whose residual direction ``r`` passes a post-norm with clean
+    scales ``s_post`` [n_tok], on an RMSNorm model: final residual minus act * r / s_post, the
+    final norm's scale frozen, in float64 against the clean logits recomputed the same way."""
+    model = ref.model
+    eps, w_final = model.cfg.eps, model.ln_final.w.detach().double().numpy()
+    W_U, b_U = model.W_U.detach().double().numpy(), model.b_U.detach().double().numpy()
+    checked = 0
+    for ex, i in shown(fd):
+        if ex.hovers[i] is None:
+            continue
+        flat = ex.seq * ref.ctx + ex.start + i
+        x, act = ref.final[flat], ref.column(fd.feature)[0][flat]
+        scale = np.sqrt((x**2).mean() + eps)
+        new, clean = ((y / scale * w_final) @ W_U + b_U for y in (x - act * r / s_post[flat], x))
+        delta = log_softmax(new) - log_softmax(clean)
+        where = f"{msg} ({ex.seq},{ex.start + i})"
+        check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), ref.src.config.features.hover_top, where)
+        check_direct_parameters(ex.hovers[i], fd.hover_basis, act / s_post[flat] / scale, delta, False, where)
+        checked += 1
+    return checked
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_direct_effects_through_a_post_norm(tmp_path, seed):
     """Gemma 2/3 style blocks (RMSNorm after the MLP, ln2_post): a neuron adds
@@ -457,8 +480,7 @@ def test_direct_effects_through_a_post_norm(tmp_path, seed):
     mlp, ln2_post = model.blocks[d.layer].mlp, model.blocks[d.layer].ln2_post
     W_out, b_out = mlp.W_out.detach().double().numpy(), mlp.b_out.detach().double().numpy()
     w_post, eps = ln2_post.w.detach().double().numpy(), model.cfg.eps
-    w_final = model.ln_final.w.detach().double().numpy()
-    W_U, b_U = model.W_U.detach().double().numpy(), model.b_U.detach().double().numpy()
+    w_final, W_U = model.ln_final.w.detach().double().numpy(), model.W_U.detach().double().numpy()
     out = ref.hook @ W_out + b_out  # [n_tok, d_model] the MLP's output before ln2_post
     s_post = np.sqrt((out**2).mean(1) + eps)
     checked = 0
@@ -466,19 +488,7 @@ def test_direct_effects_through_a_post_norm(tmp_path, seed):
         r = W_out[fd.feature] * w_post
         u = (r * w_final) @ W_U
         assert all(close(v, u[i]) for v, i in zip(fd.logit_top.values, np.argsort(-u, kind="stable"))), fd.feature
-        for ex, i in shown(fd):
-            if ex.hovers[i] is None:
-                continue
-            flat = ex.seq * ref.ctx + ex.start + i
-            x = ref.final[flat]
-            scale = np.sqrt((x**2).mean() + eps)
-            act = ref.hook[flat, fd.feature]
-            new, clean = ((y / scale * w_final) @ W_U + b_U for y in (x - act * r / s_post[flat], x))
-            delta = log_softmax(new) - log_softmax(clean)
-            msg = f"seed={seed} neuron {fd.feature} ({ex.seq},{ex.start + i})"
-            check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), src.config.features.hover_top, msg)
-            check_direct_parameters(ex.hovers[i], fd.hover_basis, act / s_post[flat] / scale, delta, False, msg)
-            checked += 1
+        checked += check_post_norm_hovers(ref, fd, r, s_post, f"seed={seed} neuron {fd.feature}")
     assert checked > 50, f"seed={seed}: only {checked}"
 
 
@@ -499,25 +509,13 @@ def test_attention_sae_direct_effects_through_a_post_norm(tmp_path, seed):
     attn, ln1_post = model.blocks[0].attn, model.blocks[0].ln1_post
     W_O = attn.W_O.detach().double().numpy().reshape(-1, model.cfg.d_model)  # [n_heads * d_head, d_model]
     b_O, eps = attn.b_O.detach().double().numpy(), model.cfg.eps
-    w_post, w_final = ln1_post.w.detach().double().numpy(), model.ln_final.w.detach().double().numpy()
-    W_U, b_U = model.W_U.detach().double().numpy(), model.b_U.detach().double().numpy()
+    w_post = ln1_post.w.detach().double().numpy()
     s_post = np.sqrt(((ref.hook @ W_O + b_O) ** 2).mean(1) + eps)
     dec = d.decoder().detach().double().numpy()
     checked = 0
     for fd in feats[0].values():
         r = (dec[fd.feature] @ W_O) * w_post
-        for ex, i in shown(fd):
-            if ex.hovers[i] is None:
-                continue
-            flat = ex.seq * ref.ctx + ex.start + i
-            x, act = ref.final[flat], ref.column(fd.feature)[0][flat]
-            scale = np.sqrt((x**2).mean() + eps)
-            new, clean = ((y / scale * w_final) @ W_U + b_U for y in (x - act * r / s_post[flat], x))
-            delta = log_softmax(new) - log_softmax(clean)
-            msg = f"seed={seed} attn feature {fd.feature} ({ex.seq},{ex.start + i})"
-            check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), src.config.features.hover_top, msg)
-            check_direct_parameters(ex.hovers[i], fd.hover_basis, act / s_post[flat] / scale, delta, False, msg)
-            checked += 1
+        checked += check_post_norm_hovers(ref, fd, r, s_post, f"seed={seed} attn feature {fd.feature}")
     assert checked > 20, f"seed={seed}: only {checked}"
 
 
