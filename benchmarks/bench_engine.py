@@ -29,6 +29,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sitegen.compute import build_feature_cache  # noqa: E402
+from sitegen.compute.store import CPU_ENCODE_ELEMENTS, chunk_rows  # noqa: E402
 from sitegen.config import load_config  # noqa: E402
 from sitegen.sources import load_sources  # noqa: E402
 from sitegen.sources.model import save_tl_checkpoint  # noqa: E402
@@ -121,11 +122,19 @@ def floor_seconds(src) -> dict[str, float]:
     acts = []
     for s in range(0, len(tokens), bs):
         acts.append(model(tokens[s : s + bs].to(model.cfg.device), stop_at_layer=layer).reshape(-1, d.d_in))
+    cuda = torch.device(model.cfg.device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     forward = time.perf_counter() - t0
+    # in cache-sized chunks on CPU (the fastest plain chunking: 256 rows of 4096 features
+    # encode in 60 % of the time of 4096 rows), one chunk per token batch on a GPU
+    rows = chunk_rows(d.d_sae, CPU_ENCODE_ELEMENTS) if not cuda else bs * tokens.shape[1]
     t0 = time.perf_counter()
     for x in acts:
-        for c in range(0, len(x), 4096):
-            d.encode(x[c : c + 4096])
+        for c in range(0, len(x), rows):
+            d.encode(x[c : c + rows])
+    if cuda:
+        torch.cuda.synchronize()
     return {"forward to hook": forward, "encode": time.perf_counter() - t0}
 
 

@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures import tiny_tokens, write_project
+from fixtures import tiny_model, tiny_sae, tiny_tokens, write_project
 from sitegen.compute import build_feature_cache
 from sitegen.compute.activations import capture_activations
 from sitegen.compute.engine import referenced_tokens
 from sitegen.compute.cache import batch_path, feature_data_from_dict, read_json, read_manifest, write_batch
 from sitegen.compute.feature_data import FORMAT_VERSION
 from sitegen.compute.rounding import round_sig
+from sitegen.compute import store
 from sitegen.compute.stats import dense_histograms, row_histograms
 from sitegen.config import load_config
 from sitegen.sources import load_sources
+from sitegen.sources.dictionaries import SAEDictionary
 
 SEED = random.randrange(10**6)
 
@@ -291,3 +293,16 @@ def test_histograms_match_numpy_on_edges():
     edges, counts = dense_histograms(dense, 40)
     for r in range(3):
         assert counts[r].tolist() == np.histogram(dense[r].numpy(), 40)[0].tolist()
+
+
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk"])
+def test_nonzero_activations_in_cache_sized_pieces(architecture, monkeypatch):
+    seed = random.randrange(10**6)
+    d = SAEDictionary("d", tiny_sae(architecture, seed=seed), tiny_model(), list(range(64)))
+    h = torch.randn(300, 32, generator=torch.Generator().manual_seed(seed)) * 2
+    monkeypatch.setattr(store, "CPU_ENCODE_ELEMENTS", 64 * 64)  # pieces of 64 rows: 4 whole, 1 short
+    row, feat, val = store.nonzero_activations(d, h, "cpu")
+    dense = d.encode(h)  # [300, 64] in one piece
+    assert torch.equal(torch.stack([row, feat], 1), dense.nonzero()), seed  # token-major, as nonzero()
+    assert torch.allclose(val, dense[row, feat], rtol=1e-6, atol=1e-7), seed
+    assert len(row) > 64, "fixture SAE should fire"

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from sitegen.sources.dictionaries import Dictionary
 
-CHUNK_ELEMENTS = 1 << 24  # dense [tokens, features] elements per encode/matmul chunk
+CHUNK_ELEMENTS = 1 << 24  # dense [tokens, features] elements per chunk of bookkeeping (sums, matmuls)
+CPU_ENCODE_ELEMENTS = 1 << 20  # dense [tokens, features] elements per CPU encode: 4 MiB stays in cache
 
 
 @dataclass
@@ -57,8 +58,8 @@ def finite_rows(x: torch.Tensor) -> torch.Tensor:
     return ok
 
 
-def chunk_rows(width: int) -> int:
-    return max(64, CHUNK_ELEMENTS // max(width, 1))
+def chunk_rows(width: int, elements: int = CHUNK_ELEMENTS) -> int:
+    return max(64, elements // max(width, 1))
 
 
 class SparseActs:
@@ -81,9 +82,7 @@ class SparseActs:
         step = chunk_rows(d_sae)
         for s in tqdm(range(0, n_tok, step), desc=f"encode {d.name}", unit="chunk", disable=not progress):
             h = hook[s : s + step]  # [c, d_in]
-            acts = d.encode(h.to(device)).cpu()  # [c, d_sae]
-            flat = acts.view(-1).nonzero().squeeze(1)  # token-major; NaN counts as non-zero
-            row, feat, val = flat // d_sae, flat % d_sae, acts.view(-1)[flat]
+            row, feat, val = nonzero_activations(d, h, device)
             keep = counted[s : s + step]
             bad = ~torch.isfinite(val)
             clean = keep & finite_rows(h) & (torch.bincount(row[bad], minlength=len(h)) == 0)
@@ -127,6 +126,23 @@ class SparseActs:
         on = self.clean[ent.tok]
         x = csr_rows(ent.rows[on], ent.tok[on], ent.val[on].double(), len(ids), self.n_tok)  # [B, n_tok]
         return torch.sparse.mm(x, self.matrix).to_dense(), self.hook_sums[ids]
+
+
+def nonzero_activations(d: Dictionary, h: torch.Tensor, device: str | torch.device
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Non-zero activations of the hook rows h [c, d_in] as (row, feature, value) [m] each,
+    token-major; NaN counts as non-zero. On CPU the encode runs on sub-chunks whose dense
+    output stays in cache, which makes the encode and the scan for non-zeros memory-cheap
+    (encode + scan of 4096 x 4096: 0.20 s in one piece, 0.12 s in pieces of 256 rows)."""
+    step = len(h) if torch.device(device).type != "cpu" else chunk_rows(d.d_sae, CPU_ENCODE_ELEMENTS)
+    flats, vals = [], []
+    for s in range(0, len(h), step):
+        acts = d.encode(h[s : s + step].to(device)).cpu().view(-1)  # [c * d_sae]
+        flat = acts.nonzero().squeeze(1)
+        flats.append(flat + s * d.d_sae)
+        vals.append(acts[flat])
+    flat = torch.cat(flats) if len(flats) > 1 else flats[0]
+    return flat // d.d_sae, flat % d.d_sae, torch.cat(vals) if len(vals) > 1 else vals[0]
 
 
 def csr_rows(rows: torch.Tensor, cols: torch.Tensor, val: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
