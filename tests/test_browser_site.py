@@ -90,14 +90,49 @@ def test_index_search_and_dead_dictionary(driver, site):
     search.clear()
     search.send_keys("7")
     assert "7" in [r.find_element(By.TAG_NAME, "a").text for r in driver.find_elements(By.CSS_SELECTOR, "#rows tr")]
-    data = json.loads((site / "assets" / "index-data.js").read_text().removeprefix("window.SITEGEN_INDEX=")
-                      .strip()[:-1])
+    data = index_data(site)
     token = data["tokens"][data["top"][2][0]].strip()  # a top token of feature 2
     search.clear()
     search.send_keys(token)
     hits = [r.find_element(By.TAG_NAME, "a").text for r in driver.find_elements(By.CSS_SELECTOR, "#rows tr")]
     assert "2" in hits
-    driver.find_element(By.CSS_SELECTOR, 'th[data-sort="max"]').click()
+    assert_clean(driver)
+
+
+def index_data(site: Path) -> dict:
+    return json.loads((site / "assets" / "index-data.js").read_text().removeprefix("window.SITEGEN_INDEX=")
+                      .strip()[:-1])
+
+
+def shown_rows(driver, data: dict) -> list[int]:
+    """Index (into the index data) of each listed row, in order, from its link."""
+    where = {f"features/{d}/{i}.html": k for k, (d, i) in enumerate(zip(data["d"], data["id"]))}
+    return [where[a.get_attribute("href").split("/site/", 1)[1]]
+            for a in driver.find_elements(By.CSS_SELECTOR, "#rows tr td:first-child a")]
+
+
+def test_index_sorts_and_filters(driver, site):
+    open_page(driver, (site / "index.html").as_uri())
+    data = index_data(site)
+    assert sorted(shown_rows(driver, data)) == list(range(len(data["id"])))
+    header = driver.find_element(By.CSS_SELECTOR, 'th[data-sort="max"]')
+    header.click()  # ascending, ties by index order
+    assert shown_rows(driver, data) == sorted(range(len(data["id"])), key=lambda k: (data["max"][k], k))
+    header.click()
+    assert shown_rows(driver, data) == sorted(range(len(data["id"])), key=lambda k: (data["max"][k], k))[::-1]
+    driver.find_element(By.CSS_SELECTOR, 'th[data-sort="density"]').click()
+    by_density = shown_rows(driver, data)
+    assert [data["density"][k] for k in by_density] == sorted(data["density"])
+    lo, hi = sorted(x * 100 for x in data["density"] if x > 0)[:2]  # keep the two least dense live features
+    driver.find_element(By.ID, "dmin").send_keys(repr(lo))
+    driver.find_element(By.ID, "dmax").send_keys(repr(hi))
+    kept = shown_rows(driver, data)
+    assert kept == [k for k in by_density if lo <= data["density"][k] * 100 <= hi] and len(kept) >= 2
+    for box in ("dmin", "dmax"):
+        driver.find_element(By.ID, box).clear()
+    driver.find_element(By.CSS_SELECTOR, '#dict option[value="2"]').click()  # the "exact" dictionary
+    assert [data["d"][k] for k in shown_rows(driver, data)] == [2] * data["d"].count(2)
+    assert data["dicts"][2] == "exact"
     assert_clean(driver)
 
 
