@@ -364,8 +364,8 @@ class Injected:
     def __getattr__(self, name):
         return getattr(self._d, name)
 
-    def encode(self, x):
-        acts = self._d.encode(x).clone()
+    def encode(self, x, out=None):
+        acts = self._d.encode(x, out).clone()
         hit = x[:, 0] > self.threshold
         acts[hit, self.nan_feature] = float("nan")
         acts[hit, self.inf_feature] = float("inf")

@@ -186,3 +186,16 @@ def test_local_hf_checkpoint_folder(tmp_path):
     assert sources.token_texts([int(sources.data.tokens[0, 0])]) == ["<bos>"]
     byte_piece = sources.model.tokenizer.convert_tokens_to_ids("<0xE2>")  # partial UTF-8 alone
     assert sources.token_texts([byte_piece]) == ["<0xE2>"]
+
+
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk"])
+def test_encode_into_a_buffer_equals_the_library_encode(architecture):
+    seed = random.randrange(10**6)
+    sae = tiny_sae(architecture, seed=seed)
+    d = SAEDictionary("d", sae, tiny_model(), list(range(64)))
+    x = torch.randn(50, 32, generator=torch.Generator().manual_seed(seed)) * 2
+    buf = torch.full((50, 64), float("nan"))
+    got = d.encode(x, buf)
+    assert torch.equal(got, sae.encode(x)), seed  # op for op as SAELens: bit-identical
+    assert (got.data_ptr() == buf.data_ptr()) == (architecture != "topk")
+    assert torch.equal(d.encode(x), got)

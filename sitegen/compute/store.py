@@ -93,12 +93,14 @@ class SparseActs:
                 row, feat, val = row[use], feat[use], val[use]
             on = clean[row]
             rc, fc, vc = (row, feat, val) if bool(on.all()) else (row[on], feat[on], val[on])
-            self.hook_sums += (csr_rows(rc, fc, vc, len(h), d_sae).t() @ h).double()
+            by_feature = torch.argsort(fc, stable=True)  # a feature-major CSR: 2.5x faster product than .t()
+            x = csr_rows(fc[by_feature], rc[by_feature], vc[by_feature], d_sae, len(h))  # [d_sae, c]
+            self.hook_sums += (x @ h).double()
             self.sx += torch.bincount(fc, weights=vc.double(), minlength=d_sae)
             self.sxx += torch.bincount(fc, weights=vc.double() ** 2, minlength=d_sae)
-            hc = h[clean].double()
+            hc = (h if bool(clean.all()) else h[clean]).to(torch.float64, copy=True)
             self.sh += hc.sum(0)
-            self.shh += (hc * hc).sum(0)
+            self.shh += hc.square_().sum(0)
             toks.append(row + s)
             feats.append(feat.int())
             vals.append(val)
@@ -132,12 +134,16 @@ def nonzero_activations(d: Dictionary, h: torch.Tensor, device: str | torch.devi
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Non-zero activations of the hook rows h [c, d_in] as (row, feature, value) [m] each,
     token-major; NaN counts as non-zero. On CPU the encode runs on sub-chunks whose dense
-    output stays in cache, which makes the encode and the scan for non-zeros memory-cheap
-    (encode + scan of 4096 x 4096: 0.20 s in one piece, 0.12 s in pieces of 256 rows)."""
-    step = len(h) if torch.device(device).type != "cpu" else chunk_rows(d.d_sae, CPU_ENCODE_ELEMENTS)
+    output stays in cache, written into one reused buffer where the dictionary can, which
+    makes the encode and the scan for non-zeros memory-cheap (encode + scan of 4096 x 4096:
+    0.20 s in one fresh piece, 0.12 s in fresh pieces of 256 rows, 0.10 s in one buffer)."""
+    cpu = torch.device(device).type == "cpu"
+    step = chunk_rows(d.d_sae, CPU_ENCODE_ELEMENTS) if cpu else len(h)
+    buf = torch.empty(min(step, len(h)), d.d_sae) if cpu else None  # reused by encodes that can
     flats, vals = [], []
     for s in range(0, len(h), step):
-        acts = d.encode(h[s : s + step].to(device)).cpu().view(-1)  # [c * d_sae]
+        x = h[s : s + step].to(device)
+        acts = d.encode(x, None if buf is None else buf[: len(x)]).cpu().view(-1)  # [c * d_sae]
         flat = acts.nonzero().squeeze(1)
         flats.append(flat + s * d.d_sae)
         vals.append(acts[flat])

@@ -32,8 +32,9 @@ class Dictionary(Protocol):
     needs_full_encode: bool  # a feature subset cannot be encoded alone (TopK-style)
     feature_ids: list[int]  # the features to build
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """[n, d_in] hook activations -> [n, d_sae] feature activations."""
+    def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, d_in] hook activations -> [n, d_sae] float32 feature activations, written into
+        ``out`` ([n, d_sae] float32) where the dictionary can (check the returned tensor)."""
 
     def encode_subset(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """[n, d_in] -> [n, len(ids)]; equal to encode(x)[:, ids]."""
@@ -109,8 +110,9 @@ class SAEDictionary:
         self.d_sae = int(self.sae.cfg.d_sae)
         self.architecture = self.sae.cfg.architecture()
         self.can_be_negative = False
-        # Subset encoding reproduces encode() for these only; others run the full encode.
-        simple = self.architecture in ("standard", "jumprelu")
+        # Subset and in-place encoding reproduce SAELens' encode() for these only (op for op);
+        # others run the library's full encode.
+        simple = self.architecture in ("standard", "jumprelu") and isinstance(self.sae.activation_fn, torch.nn.ReLU)
         plain = (
             getattr(self.sae.cfg, "normalize_activations", "none") == "none"
             and getattr(self.sae.cfg, "reshape_activations", "none") == "none"
@@ -118,20 +120,29 @@ class SAEDictionary:
         self.needs_full_encode = not (simple and plain)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sae.encode(x.to(self.sae.dtype)).float()
+    def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        sae = self.sae
+        if out is None or self.needs_full_encode or sae.dtype != torch.float32:
+            return sae.encode(x.to(sae.dtype)).float()
+        # into a reused buffer: no fresh [n, d_sae] allocation (and its page faults) per chunk
+        pre = torch.mm(self.sae_input(x), sae.W_enc, out=out).add_(sae.b_enc)
+        if self.architecture == "jumprelu":
+            above = pre > sae.threshold
+            return pre.relu_().mul_(above)
+        return pre.relu_()
+
+    def sae_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.sae.dtype)
+        return x - self.sae.b_dec if self.sae.cfg.apply_b_dec_to_input else x
 
     @torch.no_grad()
     def encode_subset(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if self.needs_full_encode:
             return self.encode(x)[:, ids]
         sae = self.sae
-        x = x.to(sae.dtype)
-        if sae.cfg.apply_b_dec_to_input:
-            x = x - sae.b_dec
-        pre = x @ sae.W_enc[:, ids] + sae.b_enc[ids]
+        pre = self.sae_input(x) @ sae.W_enc[:, ids] + sae.b_enc[ids]
         if self.architecture == "jumprelu":
-            return (pre * (pre > sae.threshold[ids])).float()
+            return (torch.relu(pre) * (pre > sae.threshold[ids])).float()
         return torch.relu(pre).float()
 
     @torch.no_grad()
@@ -159,7 +170,7 @@ class NeuronDictionary:
         self.hook_name = f"blocks.{self.layer}.mlp.hook_post"
         self.d_in = self.d_sae = int(self.model.cfg.d_mlp)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return x.float()
 
     def encode_subset(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
