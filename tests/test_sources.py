@@ -124,16 +124,21 @@ def test_token_texts_of_hostile_vocabulary(tmp_path):
 
 
 @pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk"])
-def test_encode_subset_equals_full_encode(architecture):
+def test_subset_and_buffer_encodes_equal_the_library_encode(architecture):
     seed = random.randrange(10**6)
     sae = tiny_sae(architecture, seed=seed)
     d = SAEDictionary("d", sae, tiny_model(), list(range(64)))
     x = torch.randn(50, 32, generator=torch.Generator().manual_seed(seed)) * 2
     ids = torch.randperm(64, generator=torch.Generator().manual_seed(seed))[:10]
     full = d.encode(x)
+    assert torch.equal(full, sae.encode(x)), seed
     assert torch.allclose(d.encode_subset(x, ids), full[:, ids], atol=1e-6), seed
     assert (full != 0).any(), "fixture SAE should fire"
     assert d.needs_full_encode == (architecture == "topk")
+    buf = torch.full((50, 64), float("nan"))
+    into = d.encode(x, buf)
+    assert torch.equal(into, full), seed  # op for op as SAELens: bit-identical
+    assert (into.data_ptr() == buf.data_ptr()) == (architecture != "topk")
 
 
 def test_residual_directions_match_the_model_maps():
@@ -187,15 +192,3 @@ def test_local_hf_checkpoint_folder(tmp_path):
     byte_piece = sources.model.tokenizer.convert_tokens_to_ids("<0xE2>")  # partial UTF-8 alone
     assert sources.token_texts([byte_piece]) == ["<0xE2>"]
 
-
-@pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk"])
-def test_encode_into_a_buffer_equals_the_library_encode(architecture):
-    seed = random.randrange(10**6)
-    sae = tiny_sae(architecture, seed=seed)
-    d = SAEDictionary("d", sae, tiny_model(), list(range(64)))
-    x = torch.randn(50, 32, generator=torch.Generator().manual_seed(seed)) * 2
-    buf = torch.full((50, 64), float("nan"))
-    got = d.encode(x, buf)
-    assert torch.equal(got, sae.encode(x)), seed  # op for op as SAELens: bit-identical
-    assert (got.data_ptr() == buf.data_ptr()) == (architecture != "topk")
-    assert torch.equal(d.encode(x), got)
