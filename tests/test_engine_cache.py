@@ -15,13 +15,12 @@ import pytest
 import torch
 
 from fixtures import tiny_model, tiny_sae, tiny_tokens, write_project
-from sitegen.compute import build_feature_cache
+from sitegen.compute import build_feature_cache, store
 from sitegen.compute.activations import capture_activations
 from sitegen.compute.engine import referenced_tokens
 from sitegen.compute.cache import batch_path, feature_data_from_dict, read_json, read_manifest, write_batch
 from sitegen.compute.feature_data import FORMAT_VERSION
 from sitegen.compute.rounding import round_sig
-from sitegen.compute import store
 from sitegen.compute.stats import dense_histograms, row_histograms
 from sitegen.config import load_config
 from sitegen.sources import load_sources

@@ -191,4 +191,3 @@ def test_local_hf_checkpoint_folder(tmp_path):
     assert sources.token_texts([int(sources.data.tokens[0, 0])]) == ["<bos>"]
     byte_piece = sources.model.tokenizer.convert_tokens_to_ids("<0xE2>")  # partial UTF-8 alone
     assert sources.token_texts([byte_piece]) == ["<0xE2>"]
-
