@@ -111,6 +111,27 @@ def write_project(args, root: Path) -> Path:
     return root / "site_config.yaml"
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux: ``clear_refs`` 5 resets VmHWM); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """Peak RSS since the last reset (VmHWM). Not ``ru_maxrss``: Linux carries that over
+    ``execve``, so a child process would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
 @torch.no_grad()
 def floor_seconds(src) -> dict[str, float]:
     """One forward pass to the hook + one SAE encode of all tokens, as plainly as possible."""
@@ -150,14 +171,15 @@ def main() -> None:
         assert args.hook.endswith("hook_resid_pre"), "the floor measures forward passes to a resid_pre hook"
         # best of two: the first also warms up allocator, kernels and caches for the build after it
         floor = min((floor_seconds(src) for _ in range(2)), key=lambda f: sum(f.values()))
+        windowed = reset_peak_rss()  # the build's own peak, not the floor's or the fixture's
         t0 = time.perf_counter()
         manifest = build_feature_cache(src, root / "cache", progress=True)
+        rss = peak_rss_mib()
         total = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in (root / "cache").rglob("*") if p.is_file())
     n_tok = args.n_seq * args.ctx
     floor_total = sum(floor.values())
     stats = manifest["stats"]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nmachine: {torch.get_num_threads()} torch threads, device {args.device}, torch {torch.__version__}")
     print(f"fixture: {args.n_layers} layers, d_model {args.d_model}, d_vocab {args.d_vocab}, SAE {args.d_sae} "
           f"features on {args.hook}, {args.n_seq} x {args.ctx} = {n_tok} tokens, effects {args.effects}")
@@ -165,7 +187,8 @@ def main() -> None:
     print(f"build: {total:.1f}s = {total / floor_total:.2f} x floor; model passes {stats['model_passes']}")
     print(f"throughput: {n_tok / total:,.0f} tokens/s, {args.d_sae / total:,.1f} features/s")
     print("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in stats["seconds"].items()))
-    print(f"peak RSS {rss:,.0f} MiB, cache {size / 2**20:,.1f} MiB")
+    print(f"peak RSS {rss:,.0f} MiB ({'the build' if windowed else 'the whole process'}), "
+          f"cache {size / 2**20:,.1f} MiB")
 
 
 if __name__ == "__main__":
