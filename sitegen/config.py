@@ -57,7 +57,7 @@ class FeaturesConfig:
 
     feature_batch_size: int = 256
     token_batch_size: int = 32  # sequences per model pass batch
-    activation_cache_mb: int = 2048  # over this, hook activations go to an on-disk memmap
+    activation_cache_mb: int = 2048  # memory for hook activations + activation stores; beyond: memmaps
     histogram_bins: int = 40
     top_examples: int = 20
     context_before: int = 5

@@ -305,3 +305,34 @@ def test_nonzero_activations_in_cache_sized_pieces(architecture, monkeypatch):
     assert torch.equal(torch.stack([row, feat], 1), dense.nonzero()), seed  # token-major, as nonzero()
     assert torch.allclose(val, dense[row, feat], rtol=1e-6, atol=1e-7), seed
     assert len(row) > 64, "fixture SAE should fire"
+
+
+@pytest.mark.parametrize("budget", ["none", "part", "all"])
+def test_activation_store_on_disk_beyond_its_budget(budget, tmp_path, monkeypatch):
+    """The store against a dense reference, whether its entries stay in memory, spill to
+    disk halfway through the encode or go there from the start; its files go with close()."""
+    seed = random.randrange(10**6)
+    gen = torch.Generator().manual_seed(seed)
+    d = SAEDictionary("d", tiny_sae(seed=seed), tiny_model(), list(range(64)))
+    h = torch.randn(300, 32, generator=gen) * 2
+    h[17, 3] = float("nan")  # a position left out of the correlations
+    counted = torch.rand(300, generator=gen) > 0.1
+    monkeypatch.setattr(store, "chunk_rows", lambda width, elements=0: 37)  # 9 encode chunks
+    monkeypatch.setattr(store, "PIECE_ENTRIES", 101)  # several pieces in the feature-major sort
+    dense = d.encode(h)  # [300, 64]
+    log_bytes = 12 * int((dense[counted] != 0).sum())
+    folder = tmp_path / "scratch"
+    acts = store.SparseActs(d, h, counted, "cpu", False, {"none": 0, "part": log_bytes // 3, "all": 10**9}[budget],
+                            folder)
+    assert bool(acts.arrays.files) == (budget != "all"), seed
+    keep = counted[:, None] & (dense != 0) & ~dense.isnan()  # [300, 64]
+    for f in range(64):
+        tok = keep[:, f].nonzero().squeeze(1)
+        segment = slice(int(acts.ptr[f]), int(acts.ptr[f + 1]))
+        assert torch.equal(acts.csc_tok[segment].long(), tok), (seed, f)
+        assert torch.equal(acts.csc_val[segment], dense[tok, f]), (seed, f)
+    clean = counted & ~h.isnan().any(1)
+    assert torch.equal(acts.clean, clean), seed
+    assert torch.equal(acts.matrix.to_dense(), torch.where(clean[:, None] & keep, dense, 0.0).double()), seed
+    acts.close()
+    assert not folder.exists(), seed

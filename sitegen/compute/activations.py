@@ -60,6 +60,11 @@ class ActivationCache:
     seconds: float = 0.0
     _arrays: list[np.ndarray] = field(default_factory=list, repr=False)
 
+    def bytes_in_memory(self) -> int:
+        """What the captured activations take of ``features.activation_cache_mb``."""
+        return 0 if self.folder is not None else sum(t.numel() * t.element_size() for t in
+                                                      {id(t): t for t in self.acts.values()}.values())
+
     def close(self) -> None:
         self.acts.clear()
         self._arrays.clear()

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from sitegen.compute.activations import (
+    MEMMAP_DIR,
     ActivationCache,
     capture_activations,
     final_resid_hook,
@@ -104,13 +105,16 @@ def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path
                                cache_dir, progress)
 
 
-def context_for(src: Sources, i: int, cache: ActivationCache, norm: NormConvention, directions,
+def context_for(src: Sources, i: int, cache: ActivationCache, cache_dir: Path, norm: NormConvention, directions,
                 progress: bool) -> DictionaryContext:
+    """The shared state of one dictionary's batches; its activation store gets what the captured
+    activations leave of the budget, beyond which it goes to disk in the scratch folder."""
     d, model, data = src.dictionaries[i], src.model, src.data
     counted = ~data.ignore.reshape(-1)
     hook = cache.acts[d.hook_name]
+    budget = max(0, src.config.features.activation_cache_mb * 2**20 - cache.bytes_in_memory())
     acts = (NeuronActs(d, hook, counted) if d.kind == "neurons" else
-            SparseActs(d, hook, counted, model.cfg.device, progress))
+            SparseActs(d, hook, counted, model.cfg.device, progress, budget, cache_dir / MEMMAP_DIR))
     effects = dictionary_effects(src.config.features.effects, directions)
     final = cache.acts.get(final_resid_hook(model)) if effects != "none" else None
     post = post_norm(model, d.hook_name) if effects == "direct" else None
@@ -163,11 +167,14 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
             for i in todo:
                 name = src.dictionaries[i].name
                 t0 = time.perf_counter()
-                ctx = context_for(src, i, cache, norm, directions[i], progress)
+                ctx = context_for(src, i, cache, cache_dir, norm, directions[i], progress)
                 seconds[f"encode {name}"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 todo_batches = [(b, plan[i][b]) for b in missing[i]]
-                n_nonfinite += write_batches(src, ctx, cache_dir, todo_batches, tokens, progress)
+                try:
+                    n_nonfinite += write_batches(src, ctx, cache_dir, todo_batches, tokens, progress)
+                finally:
+                    ctx.acts.close()
                 seconds[f"features {name}"] = time.perf_counter() - t0
                 del ctx
         finally:

@@ -17,14 +17,17 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from sitegen.compute.spill import Arrays, EntryLog
 from sitegen.sources.dictionaries import Dictionary
 
 CHUNK_ELEMENTS = 1 << 24  # dense [tokens, features] elements per chunk of bookkeeping (sums, matmuls)
 CPU_ENCODE_ELEMENTS = 1 << 20  # dense [tokens, features] elements per CPU encode: 4 MiB stays in cache
+PIECE_ENTRIES = 1 << 22  # non-zero entries per piece of the feature-major sort (~100 MiB of temporaries)
 
 
 @dataclass
@@ -64,10 +67,12 @@ def chunk_rows(width: int, elements: int = CHUNK_ELEMENTS) -> int:
 
 class SparseActs:
     """All activations of an SAE, from one full encode, as non-zero entries; the sums over
-    hook dimensions are streamed in the same pass (token chunks in float32, added in float64)."""
+    hook dimensions are streamed in the same pass (token chunks in float32, added in float64).
+    The entries live in memory within ``budget`` bytes and in memmaps in ``folder`` beyond it
+    (``spill.Arrays``); ``close`` deletes those."""
 
     def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, device: str | torch.device,
-                 progress: bool):
+                 progress: bool, budget: int, folder: Path):
         start = time.perf_counter()
         n_tok, d_sae, d_in = len(hook), d.d_sae, hook.shape[1]  # hook: [n_tok, d_in]; counted: [n_tok]
         self.n_tok, self.d_sae = n_tok, d_sae
@@ -78,7 +83,10 @@ class SparseActs:
         self.shh = torch.zeros(d_in, dtype=torch.float64)
         self.sx = torch.zeros(d_sae, dtype=torch.float64)
         self.sxx = torch.zeros(d_sae, dtype=torch.float64)
-        toks, feats, vals = [], [], []
+        per_feature = torch.zeros(d_sae, dtype=torch.int64)  # counted entries
+        per_token = torch.zeros(n_tok, dtype=torch.int64)  # clean entries (the Gram rows' CSR)
+        self.arrays = Arrays(budget, folder)
+        log = EntryLog(self.arrays, (index_dtype(n_tok), torch.int32, torch.float32))  # (token, feature, value)
         step = chunk_rows(d_sae)
         for s in tqdm(range(0, n_tok, step), desc=f"encode {d.name}", unit="chunk", disable=not progress):
             h = hook[s : s + step]  # [c, d_in]
@@ -95,35 +103,49 @@ class SparseActs:
             rc, fc, vc = (row, feat, val) if bool(on.all()) else (row[on], feat[on], val[on])
             by_feature = torch.argsort(fc, stable=True)  # a feature-major CSR: 2.5x faster product than .t()
             x = csr_rows(fc[by_feature], rc[by_feature], vc[by_feature], d_sae, len(h))  # [d_sae, c]
-            self.hook_sums += (x @ h).double()
+            self.hook_sums.add_(x @ h)  # float32 product, added in float64
             self.sx += torch.bincount(fc, weights=vc.double(), minlength=d_sae)
             self.sxx += torch.bincount(fc, weights=vc.double() ** 2, minlength=d_sae)
             hc = (h if bool(clean.all()) else h[clean]).to(torch.float64, copy=True)
             self.sh += hc.sum(0)
             self.shh += hc.square_().sum(0)
-            toks.append(row + s)
-            feats.append(feat.int())
-            vals.append(val)
-        tok, feat, val = torch.cat(toks), torch.cat(feats), torch.cat(vals)
-        del toks, feats, vals  # the chunks: ~16 bytes per entry less at the peak
+            per_feature += torch.bincount(feat, minlength=d_sae)
+            per_token[s : s + len(h)] = torch.bincount(rc, minlength=len(h))
+            log.append(row + s, feat, val)
         self.n_counted = int(counted.sum())
         self.n_clean = int(self.clean.sum())
-        order = torch.argsort(feat, stable=True)
         self.ptr = torch.zeros(d_sae + 1, dtype=torch.int64)  # feature-major segments
-        self.ptr[1:] = torch.cumsum(torch.bincount(feat, minlength=d_sae), 0)
-        self.csc_tok, self.csc_val = tok[order], val[order]
-        del order
-        on = self.clean[tok]  # Gram rows: clean positions only, float64
-        if not bool(on.all()):
-            tok, feat, val = tok[on], feat[on], val[on]
-        self.matrix = csr_rows(tok, feat, val.double(), n_tok, d_sae)  # [n_tok, d_sae]
-        self.nnz = len(self.csc_val)
+        self.ptr[1:] = torch.cumsum(per_feature, 0)
+        self.nnz = log.length
+        self.csc_tok = self.arrays.empty(self.nnz, index_dtype(n_tok))  # [nnz] by (feature, token)
+        self.csc_val = self.arrays.empty(self.nnz, torch.float32)
+        n_clean = int(per_token.sum())
+        crow = torch.zeros(n_tok + 1, dtype=index_dtype(max(n_clean, d_sae)))  # Gram rows: clean positions only, float64
+        crow[1:] = torch.cumsum(per_token, 0)
+        col, gram_val = self.arrays.empty(n_clean, crow.dtype), self.arrays.empty(n_clean, torch.float64)
+        fill, done = self.ptr[:-1].clone(), 0  # next free slot of each feature; Gram entries written
+        for tok, feat, val in log.pieces_of(PIECE_ENTRIES):  # a counting sort into feature-major order
+            order = torch.argsort(feat, stable=True)
+            f = feat[order].long()
+            n_f = torch.bincount(f, minlength=d_sae)
+            dest = fill[f] + torch.arange(len(f)) - (torch.cumsum(n_f, 0) - n_f)[f]
+            self.csc_tok[dest], self.csc_val[dest] = tok[order], val[order]
+            fill += n_f
+            on = self.clean[tok]
+            n_on = int(on.sum())
+            col[done : done + n_on], gram_val[done : done + n_on] = feat[on], val[on]
+            done += n_on
+        log.close()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            self.matrix = torch.sparse_csr_tensor(crow, col, gram_val, (n_tok, d_sae), check_invariants=False)
         self.seconds = time.perf_counter() - start
 
     def entries(self, ids: torch.Tensor) -> BatchEntries:
         pos, rows = ranges(self.ptr[ids], self.ptr[ids + 1] - self.ptr[ids])
         n_nonfinite = self.nonfinite[ids]
-        return BatchEntries(rows, self.csc_tok[pos], self.csc_val[pos], self.n_counted - n_nonfinite, n_nonfinite)
+        return BatchEntries(rows, self.csc_tok[pos].long(), self.csc_val[pos], self.n_counted - n_nonfinite,
+                            n_nonfinite)
 
     def correlation_sums(self, ids: torch.Tensor, ent: BatchEntries) -> tuple[torch.Tensor, torch.Tensor]:
         """Sums over clean positions, float64: ([B, d_sae] of x_f * x_g, [B, d_in] of x_f * h)."""
@@ -133,6 +155,10 @@ class SparseActs:
         # result's size per call on CPU (pytorch/pytorch#109445) and is 2x slower; same values
         gram = torch.addmm(torch.zeros(len(ids), self.d_sae, dtype=torch.float64), x, self.matrix)
         return gram, self.hook_sums[ids]
+
+    def close(self) -> None:
+        """Delete the store's files (its mappings stay readable until the store is dropped)."""
+        self.arrays.close()
 
 
 def nonzero_activations(d: Dictionary, h: torch.Tensor, device: str | torch.device
@@ -156,13 +182,19 @@ def nonzero_activations(d: Dictionary, h: torch.Tensor, device: str | torch.devi
     return flat // d.d_sae, flat % d.d_sae, torch.cat(vals) if len(vals) > 1 else vals[0]
 
 
+def index_dtype(n: int) -> torch.dtype:
+    """int32 for indices and counts below 2**31 (half the bytes, faster sparse products), else int64."""
+    return torch.int32 if n < 2**31 else torch.int64
+
+
 def csr_rows(rows: torch.Tensor, cols: torch.Tensor, val: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
-    """Sparse CSR [n_rows, n_cols] from entries sorted by row (int32 indices: faster products)."""
-    crow = torch.zeros(n_rows + 1, dtype=torch.int32)
+    """Sparse CSR [n_rows, n_cols] from entries sorted by row."""
+    dtype = index_dtype(max(len(val), n_cols))
+    crow = torch.zeros(n_rows + 1, dtype=dtype)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols.int(), val, (n_rows, n_cols), check_invariants=False)
+        return torch.sparse_csr_tensor(crow, cols.to(dtype), val, (n_rows, n_cols), check_invariants=False)
 
 
 class NeuronActs:
@@ -201,6 +233,9 @@ class NeuronActs:
             h = torch.where(self.clean[s : s + step, None], self.hook[s : s + step], 0.0)  # [c, d_mlp]
             out += (h[:, ids].T @ h).double()
         return out, out
+
+    def close(self) -> None:
+        """Nothing to delete: the hook activations belong to the activation cache."""
 
 
 def hook_moments(hook: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
