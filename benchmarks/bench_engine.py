@@ -4,7 +4,9 @@ Builds a synthetic project: a random 2-layer model (d_model 256), a standard SAE
 with 4096 features whose per-feature firing rates are log-uniform in [0.1%, 3%]
 (L0 around 35), and 2048 x 128 random tokens. Times the floor (one forward pass to
 the hook + one SAE encode of all tokens) and the full ``build_feature_cache``,
-and prints tokens/s, features/s, model passes, peak RSS and the time per phase.
+and prints tokens/s, features/s, model passes, peak RSS and the time per phase. With
+effects on, it also times the floor through every block: hovers need the final residual
+stream, so the build's one model pass cannot stop at the hook.
 
     python benchmarks/bench_engine.py                  # the figures in benchmarks/README.md
     python benchmarks/bench_engine.py --small          # a quick run
@@ -133,12 +135,13 @@ def peak_rss_mib() -> float:
 
 
 @torch.no_grad()
-def floor_seconds(src) -> dict[str, float]:
-    """One forward pass to the hook + one SAE encode of all tokens, as plainly as possible."""
+def floor_seconds(src, layer: int | None = None) -> dict[str, float]:
+    """One forward pass to the hook (or through ``layer`` blocks) + one SAE encode of all
+    tokens, as plainly as possible."""
     model, d = src.model, src.dictionaries[0]
     tokens = src.data.tokens
     bs = src.config.features.token_batch_size
-    layer = int(d.hook_name.split(".")[1])
+    layer = int(d.hook_name.split(".")[1]) if layer is None else layer
     t0 = time.perf_counter()
     acts = []
     for s in range(0, len(tokens), bs):
@@ -171,6 +174,8 @@ def main() -> None:
         assert args.hook.endswith("hook_resid_pre"), "the floor measures forward passes to a resid_pre hook"
         # best of two: the first also warms up allocator, kernels and caches for the build after it
         floor = min((floor_seconds(src) for _ in range(2)), key=lambda f: sum(f.values()))
+        # effects need the final residual stream: the same floor through every block
+        whole = floor_seconds(src, args.n_layers) if args.effects != "none" else None
         windowed = reset_peak_rss()  # the build's own peak, not the floor's or the fixture's
         t0 = time.perf_counter()
         manifest = build_feature_cache(src, root / "cache", progress=True)
@@ -185,6 +190,9 @@ def main() -> None:
           f"features on {args.hook}, {args.n_seq} x {args.ctx} = {n_tok} tokens, effects {args.effects}")
     print(f"floor: {floor_total:.1f}s (" + ", ".join(f"{k} {v:.1f}s" for k, v in floor.items()) + ")")
     print(f"build: {total:.1f}s = {total / floor_total:.2f} x floor; model passes {stats['model_passes']}")
+    if whole:
+        print(f"floor through all {args.n_layers} layers (what effects need): {sum(whole.values()):.1f}s; "
+              f"build = {total / sum(whole.values()):.2f} x that")
     print(f"throughput: {n_tok / total:,.0f} tokens/s, {args.d_sae / total:,.1f} features/s")
     print("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in stats["seconds"].items()))
     print(f"peak RSS {rss:,.0f} MiB ({'the build' if windowed else 'the whole process'}), "

@@ -336,3 +336,18 @@ def test_activation_store_on_disk_beyond_its_budget(budget, tmp_path, monkeypatc
     assert torch.equal(acts.matrix.to_dense(), torch.where(clean[:, None] & keep, dense, 0.0).double()), seed
     acts.close()
     assert not folder.exists(), seed
+    ent = acts.entries(torch.arange(64))  # mappings outlive their deleted files
+    assert torch.equal(torch.stack([ent.rows, ent.tok]), keep.T.nonzero().T), seed
+
+
+def test_activation_store_of_a_dictionary_that_never_fires_at_counted_positions(tmp_path):
+    d = SAEDictionary("d", tiny_sae(), tiny_model(), list(range(64)))
+    for budget in (0, 10**9):
+        acts = store.SparseActs(d, torch.randn(50, 32), torch.zeros(50, dtype=torch.bool), "cpu", False, budget,
+                                tmp_path / "scratch")
+        ent = acts.entries(torch.arange(64))
+        assert len(ent.tok) == 0 and acts.ptr.sum() == 0 and acts.matrix.to_dense().abs().sum() == 0
+        gram, _ = acts.correlation_sums(torch.arange(64), ent)
+        assert gram.shape == (64, 64) and gram.abs().sum() == 0
+        acts.close()
+        assert not (tmp_path / "scratch").exists()

@@ -7,17 +7,17 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
+from sitegen.compute.spill import disk_tensor
 from sitegen.errors import SitegenError
 
-MEMMAP_DIR = "activations.tmp"  # under the cache folder, removed by ``ActivationCache.close``
+MEMMAP_DIR = "activations.tmp"  # scratch under the cache folder: activation memmaps and spilled stores
 BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 EMBED_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
@@ -58,7 +58,6 @@ class ActivationCache:
     folder: Path | None  # memmap folder, or None when in memory
     model_passes: int = 0
     seconds: float = 0.0
-    _arrays: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def bytes_in_memory(self) -> int:
         """What the captured activations take of ``features.activation_cache_mb``."""
@@ -67,13 +66,13 @@ class ActivationCache:
 
     def close(self) -> None:
         self.acts.clear()
-        self._arrays.clear()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def remove_stale_memmaps(cache_dir: Path) -> None:
-    """A killed build may leave its memmaps behind."""
+def remove_scratch(cache_dir: Path) -> None:
+    """Delete the scratch folder (activation memmaps, spilled stores): at the end of a build,
+    and at the start of the next in case a killed one left it behind."""
     shutil.rmtree(cache_dir / MEMMAP_DIR, ignore_errors=True)
 
 
@@ -82,16 +81,17 @@ def _buffers(widths: dict[str, int], n_tok: int, budget_mb: int, cache_dir: Path
     if total <= budget_mb * 2**20:
         return ActivationCache({n: torch.empty(n_tok, w) for n, w in widths.items()}, None)
     folder = cache_dir / MEMMAP_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SitegenError(f"{folder}: cannot create the activation memmaps' folder ({err.strerror or err})") from None
     cache = ActivationCache({}, folder)
     try:
         for i, (name, width) in enumerate(widths.items()):
-            arr = np.lib.format.open_memmap(folder / f"{i}.npy", mode="w+", dtype=np.float32, shape=(n_tok, width))
-            cache._arrays.append(arr)
-            cache.acts[name] = torch.from_numpy(arr)
-    except OSError as err:
+            cache.acts[name] = disk_tensor(folder / f"{i}.f32", (n_tok, width), torch.float32, "activation memmap")
+    except SitegenError:
         cache.close()
-        raise SitegenError(f"{folder}: cannot create the activation memmap ({err.strerror or err})") from None
+        raise
     return cache
 
 

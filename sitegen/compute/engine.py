@@ -25,7 +25,7 @@ from sitegen.compute.activations import (
     ActivationCache,
     capture_activations,
     final_resid_hook,
-    remove_stale_memmaps,
+    remove_scratch,
     start_layer,
 )
 from sitegen.compute.batch import DictionaryContext, batch_tensors
@@ -136,7 +136,7 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     src, fc = sources, sources.config.features
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_memmaps(cache_dir)
+    remove_scratch(cache_dir)
     remove_partial_files(cache_dir)
     norm = norm_convention(src.model)
     directions = [d.residual_directions() for d in src.dictionaries]
@@ -179,6 +179,7 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
                 del ctx
         finally:
             cache.close()
+            remove_scratch(cache_dir)
     t0 = time.perf_counter()
     for i, p in enumerate(plan):
         for b in set(range(len(p))) - set(missing[i]):

@@ -1,17 +1,19 @@
 """Arrays kept in memory within a byte budget and on disk beyond it.
 
-The activation store of a dictionary holds every non-zero activation over the
-dataset, so it grows with the data like the hook activations do. ``Arrays`` gives
-it memory while ``features.activation_cache_mb`` (less what the captured hook
-activations already hold) lasts and on-disk memmaps in the build's scratch folder
-after that; ``EntryLog`` is its append-only list of entries from the encode, which
-moves to plain files as soon as it would overrun the budget. Values are the same
-either way; only where they live changes.
+``features.activation_cache_mb`` is the memory for cached activations: the hook
+activations one model pass captures (``activations.py``) and each dictionary's store
+of non-zero activations (``store.py``), whose entries grow with the data like the
+hook activations do. ``Arrays`` hands out memory while the budget lasts and, after
+that, memmaps of pre-allocated files in the cache folder's scratch ``activations.tmp/``;
+``EntryLog`` is the store's append-only list of entries from the encode, which moves
+to plain files as soon as it would overrun the budget. Values are the same either
+way; only where they live changes.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +25,28 @@ from sitegen.errors import SitegenError
 _names = itertools.count()
 
 
+def disk_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype, what: str) -> torch.Tensor:
+    """A zero-filled tensor mapped to a new file at ``path``; the file's blocks are allocated
+    first, so a full disk is this one-line error and not a SIGBUS on a later write."""
+    np_dtype = numpy_dtype(dtype)
+    size = int(np.prod(shape)) * np_dtype.itemsize
+    try:
+        with open(path, "wb") as f:
+            if size and hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, size)
+            else:
+                f.truncate(size)
+        if not size:
+            return torch.empty(shape, dtype=dtype)
+        return torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="r+", shape=shape))
+    except OSError as err:
+        raise SitegenError(f"{path}: cannot create the {what} on disk ({err.strerror or err})") from None
+
+
+def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
 class Arrays:
     """Allocates 1-d tensors: in memory while their bytes fit ``budget``, else memmaps in ``folder``."""
 
@@ -31,14 +55,14 @@ class Arrays:
         self.folder = folder
         self.files: list[Path] = []
 
-    def file(self, stem: str, suffix: str = "") -> Path:
+    def file(self, stem: str) -> Path:
         """A fresh file name in the folder, deleted by ``close``."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SitegenError(f"{self.folder}: cannot create the activation store's folder "
                                f"({err.strerror or err})") from None
-        path = self.folder / f"{stem}-{next(_names)}{suffix}"
+        path = self.folder / f"{stem}-{next(_names)}"
         self.files.append(path)
         return path
 
@@ -50,29 +74,26 @@ class Arrays:
         return True
 
     def empty(self, n: int, dtype: torch.dtype) -> torch.Tensor:
-        """[n] uninitialised, in memory or on disk."""
+        """[n] uninitialised in memory, or zeros on disk."""
         if self.take(n * dtype.itemsize):
             return torch.empty(n, dtype=dtype)
-        path = self.file("store", ".npy")
-        try:
-            array = np.lib.format.open_memmap(path, mode="w+", dtype=numpy_dtype(dtype), shape=(n,))
-        except OSError as err:
-            raise SitegenError(f"{path}: cannot create the activation store's memmap ({err.strerror or err})") from None
-        return torch.from_numpy(array)
+        return disk_tensor(self.file("store"), (n,), dtype, "activation store")
+
+    def delete(self, paths: list[Path]) -> None:
+        """Delete files (mappings still open keep their data until they are dropped)."""
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass  # the scratch folder goes at the start of the next build
+        self.files = [p for p in self.files if p not in paths]
 
     def close(self) -> None:
-        """Delete the files (mappings still open keep their data until they are dropped)."""
-        for path in self.files:
-            path.unlink(missing_ok=True)
-        self.files.clear()
+        self.delete(list(self.files))
         try:
             self.folder.rmdir()  # unless other files (the activation memmaps) are still there
         except OSError:
             pass
-
-
-def numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 class EntryLog:
@@ -101,8 +122,7 @@ class EntryLog:
         if self.paths is not None:
             return
         self.paths = [self.arrays.file(f"log{i}") for i in range(len(self.dtypes))]
-        for path in self.paths:
-            path.write_bytes(b"")
+        self.write(tuple(torch.empty(0, dtype=t) for t in self.dtypes))  # every file exists
         for piece in self.pieces:
             self.write(piece)
         self.pieces.clear()
@@ -113,22 +133,30 @@ class EntryLog:
         for path, column in zip(self.paths, columns):
             try:
                 with open(path, "ab") as f:
-                    f.write(column.numpy().tobytes())
+                    column.numpy().tofile(f)
             except OSError as err:
                 raise SitegenError(f"{path}: cannot write the activation store ({err.strerror or err})") from None
 
     def pieces_of(self, size: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The columns in order, in aligned pieces (of ``size`` entries when read from disk)."""
+        """The columns in order, in aligned pieces: as appended while in memory, of ``size``
+        entries when read back from disk."""
         if self.paths is None:
             yield from self.pieces
             return
         for start in range(0, self.length, size):
             n = min(size, self.length - start)
-            yield tuple(torch.from_numpy(np.fromfile(path, dtype=numpy_dtype(t), count=n, offset=start * t.itemsize))
-                        for path, t in zip(self.paths, self.dtypes))
+            piece = []
+            for path, t in zip(self.paths, self.dtypes):
+                try:
+                    piece.append(torch.from_numpy(np.fromfile(path, numpy_dtype(t), count=n, offset=start * t.itemsize)))
+                except OSError as err:
+                    raise SitegenError(f"{path}: cannot read the activation store ({err.strerror or err})") from None
+            yield tuple(piece)
 
     def close(self) -> None:
-        """Drop the pieces held in memory and give their bytes back to the budget."""
+        """Drop the entries: the pieces in memory (their bytes go back to the budget) or the files."""
         self.pieces.clear()
         self.arrays.left += self.held
         self.held = 0
+        if self.paths is not None:
+            self.arrays.delete(self.paths)

@@ -7,14 +7,16 @@ and finite activations of every feature, so every pair of vectors is compared
 over the same positions.
 
 - ``SparseActs`` (SAEs): one full encode of all tokens, kept as the non-zero
-  entries (feature-major for per-feature work, token-major for the Gram rows).
+  entries (feature-major for per-feature work, token-major for the Gram rows), in
+  memory within what ``features.activation_cache_mb`` leaves and on disk beyond it
+  (``spill.py``). The per-feature sums over hook dimensions [d_sae, d_in] and each
+  batch's working memory come on top of the budget.
 - ``NeuronActs`` (MLP neurons, an identity dictionary): the hook activations are
   the activations; dense.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from sitegen.sources.dictionaries import Dictionary
 
 CHUNK_ELEMENTS = 1 << 24  # dense [tokens, features] elements per chunk of bookkeeping (sums, matmuls)
 CPU_ENCODE_ELEMENTS = 1 << 20  # dense [tokens, features] elements per CPU encode: 4 MiB stays in cache
-PIECE_ENTRIES = 1 << 22  # non-zero entries per piece of the feature-major sort (~100 MiB of temporaries)
+PIECE_ENTRIES = 1 << 22  # entries per piece of the feature-major sort read from disk (~250 MiB of temporaries)
 
 
 @dataclass
@@ -73,7 +75,6 @@ class SparseActs:
 
     def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, device: str | torch.device,
                  progress: bool, budget: int, folder: Path):
-        start = time.perf_counter()
         n_tok, d_sae, d_in = len(hook), d.d_sae, hook.shape[1]  # hook: [n_tok, d_in]; counted: [n_tok]
         self.n_tok, self.d_sae = n_tok, d_sae
         self.nonfinite = torch.zeros(d_sae, dtype=torch.int64)  # [d_sae]
@@ -83,12 +84,25 @@ class SparseActs:
         self.shh = torch.zeros(d_in, dtype=torch.float64)
         self.sx = torch.zeros(d_sae, dtype=torch.float64)
         self.sxx = torch.zeros(d_sae, dtype=torch.float64)
-        per_feature = torch.zeros(d_sae, dtype=torch.int64)  # counted entries
-        per_token = torch.zeros(n_tok, dtype=torch.int64)  # clean entries (the Gram rows' CSR)
+        self.n_counted = int(counted.sum())
         self.arrays = Arrays(budget, folder)
-        log = EntryLog(self.arrays, (index_dtype(n_tok), torch.int32, torch.float32))  # (token, feature, value)
-        step = chunk_rows(d_sae)
-        for s in tqdm(range(0, n_tok, step), desc=f"encode {d.name}", unit="chunk", disable=not progress):
+        try:
+            log = EntryLog(self.arrays, (index_dtype(n_tok), torch.int32, torch.float32))  # (token, feature, value)
+            per_feature, per_token = self.encode(d, hook, counted, device, progress, log)
+            self.n_clean = int(self.clean.sum())
+            self.store(log, per_feature, per_token)
+        except BaseException:
+            self.close()
+            raise
+
+    def encode(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, device: str | torch.device,
+               progress: bool, log: EntryLog) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode every token once: log the counted finite entries, token-major, and stream the
+        sums. Returns the number of entries per feature [d_sae] and of clean ones per token [n_tok]."""
+        per_feature = torch.zeros(self.d_sae, dtype=torch.int64)
+        per_token = torch.zeros(self.n_tok, dtype=torch.int32)
+        step = chunk_rows(self.d_sae)
+        for s in tqdm(range(0, self.n_tok, step), desc=f"encode {d.name}", unit="chunk", disable=not progress):
             h = hook[s : s + step]  # [c, d_in]
             row, feat, val = nonzero_activations(d, h, device)
             keep = counted[s : s + step]
@@ -96,39 +110,42 @@ class SparseActs:
             clean = keep & finite_rows(h) & (torch.bincount(row[bad], minlength=len(h)) == 0)
             self.clean[s : s + step] = clean
             if not bool(keep.all()) or bool(bad.any()):
-                self.nonfinite += torch.bincount(feat[bad & keep[row]], minlength=d_sae)
+                self.nonfinite += torch.bincount(feat[bad & keep[row]], minlength=self.d_sae)
                 use = keep[row] & ~bad
                 row, feat, val = row[use], feat[use], val[use]
             on = clean[row]
             rc, fc, vc = (row, feat, val) if bool(on.all()) else (row[on], feat[on], val[on])
             by_feature = torch.argsort(fc, stable=True)  # a feature-major CSR: 2.5x faster product than .t()
-            x = csr_rows(fc[by_feature], rc[by_feature], vc[by_feature], d_sae, len(h))  # [d_sae, c]
+            x = csr_rows(fc[by_feature], rc[by_feature], vc[by_feature], self.d_sae, len(h))  # [d_sae, c]
             self.hook_sums.add_(x @ h)  # float32 product, added in float64
-            self.sx += torch.bincount(fc, weights=vc.double(), minlength=d_sae)
-            self.sxx += torch.bincount(fc, weights=vc.double() ** 2, minlength=d_sae)
+            self.sx += torch.bincount(fc, weights=vc.double(), minlength=self.d_sae)
+            self.sxx += torch.bincount(fc, weights=vc.double() ** 2, minlength=self.d_sae)
             hc = (h if bool(clean.all()) else h[clean]).to(torch.float64, copy=True)
             self.sh += hc.sum(0)
             self.shh += hc.square_().sum(0)
-            per_feature += torch.bincount(feat, minlength=d_sae)
+            per_feature += torch.bincount(feat, minlength=self.d_sae)
             per_token[s : s + len(h)] = torch.bincount(rc, minlength=len(h))
             log.append(row + s, feat, val)
-        self.n_counted = int(counted.sum())
-        self.n_clean = int(self.clean.sum())
-        self.ptr = torch.zeros(d_sae + 1, dtype=torch.int64)  # feature-major segments
+        return per_feature, per_token
+
+    def store(self, log: EntryLog, per_feature: torch.Tensor, per_token: torch.Tensor) -> None:
+        """The logged entries, twice: feature-major (``ptr``, ``csc_tok``, ``csc_val``; by a
+        counting sort, piece by piece) and, at clean positions, as the token-major float64 CSR
+        ``matrix`` [n_tok, d_sae] the Gram rows multiply with."""
+        self.ptr = torch.zeros(self.d_sae + 1, dtype=torch.int64)  # feature-major segments
         self.ptr[1:] = torch.cumsum(per_feature, 0)
-        self.nnz = log.length
-        self.csc_tok = self.arrays.empty(self.nnz, index_dtype(n_tok))  # [nnz] by (feature, token)
-        self.csc_val = self.arrays.empty(self.nnz, torch.float32)
-        n_clean = int(per_token.sum())
-        crow = torch.zeros(n_tok + 1, dtype=index_dtype(max(n_clean, d_sae)))  # Gram rows: clean positions only, float64
+        self.csc_tok = self.arrays.empty(log.length, index_dtype(self.n_tok))  # [nnz] by (feature, token)
+        self.csc_val = self.arrays.empty(log.length, torch.float32)
+        n_gram = int(per_token.sum())
+        crow = torch.zeros(self.n_tok + 1, dtype=index_dtype(max(n_gram, self.d_sae)))
         crow[1:] = torch.cumsum(per_token, 0)
-        col, gram_val = self.arrays.empty(n_clean, crow.dtype), self.arrays.empty(n_clean, torch.float64)
+        col, gram_val = self.arrays.empty(n_gram, crow.dtype), self.arrays.empty(n_gram, torch.float64)
         fill, done = self.ptr[:-1].clone(), 0  # next free slot of each feature; Gram entries written
-        for tok, feat, val in log.pieces_of(PIECE_ENTRIES):  # a counting sort into feature-major order
+        for tok, feat, val in log.pieces_of(PIECE_ENTRIES):
             order = torch.argsort(feat, stable=True)
             f = feat[order].long()
-            n_f = torch.bincount(f, minlength=d_sae)
-            dest = fill[f] + torch.arange(len(f)) - (torch.cumsum(n_f, 0) - n_f)[f]
+            n_f = torch.bincount(f, minlength=self.d_sae)
+            dest = fill[f] + torch.arange(len(f)) - (torch.cumsum(n_f, 0) - n_f)[f]  # rank within the feature
             self.csc_tok[dest], self.csc_val[dest] = tok[order], val[order]
             fill += n_f
             on = self.clean[tok]
@@ -138,8 +155,8 @@ class SparseActs:
         log.close()
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
-            self.matrix = torch.sparse_csr_tensor(crow, col, gram_val, (n_tok, d_sae), check_invariants=False)
-        self.seconds = time.perf_counter() - start
+            self.matrix = torch.sparse_csr_tensor(crow, col, gram_val, (self.n_tok, self.d_sae),
+                                                  check_invariants=False)
 
     def entries(self, ids: torch.Tensor) -> BatchEntries:
         pos, rows = ranges(self.ptr[ids], self.ptr[ids + 1] - self.ptr[ids])
@@ -201,7 +218,6 @@ class NeuronActs:
     """MLP neurons: the hook activations themselves are the feature activations."""
 
     def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor):
-        start = time.perf_counter()
         self.d = d
         self.hook = hook  # [n_tok, d_mlp]
         self.n_tok, self.d_sae = len(hook), d.d_sae
@@ -214,8 +230,6 @@ class NeuronActs:
         self.n_clean = int(self.clean.sum())
         self.sh, self.shh = hook_moments(hook, self.clean)
         self.sx, self.sxx = self.sh, self.shh
-        self.nnz = self.n_tok * self.d_sae
-        self.seconds = time.perf_counter() - start
 
     def entries(self, ids: torch.Tensor) -> BatchEntries:
         x = self.d.encode_subset(self.hook, ids).T  # [B, n_tok]
