@@ -29,7 +29,7 @@ from sitegen.sources.dictionaries import Dictionary
 
 CHUNK_ELEMENTS = 1 << 24  # dense [tokens, features] elements per chunk of bookkeeping (sums, matmuls)
 CPU_ENCODE_ELEMENTS = 1 << 20  # dense [tokens, features] elements per CPU encode: 4 MiB stays in cache
-PIECE_ENTRIES = 1 << 22  # entries per piece of the feature-major sort read from disk (~250 MiB of temporaries)
+PIECE_ENTRIES = 1 << 20  # entries per piece of the feature-major sort read from disk (~70 MiB of temporaries)
 
 
 @dataclass
