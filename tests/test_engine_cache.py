@@ -319,6 +319,7 @@ def test_activation_store_on_disk_beyond_its_budget(budget, tmp_path, monkeypatc
     counted = torch.rand(300, generator=gen) > 0.1
     monkeypatch.setattr(store, "chunk_rows", lambda width, elements=0: 37)  # 9 encode chunks
     monkeypatch.setattr(store, "PIECE_ENTRIES", 101)  # several pieces in the feature-major sort
+    monkeypatch.setattr(store, "GRAM_TOKENS", 50)  # Gram rows over 6 token ranges
     dense = d.encode(h)  # [300, 64]
     log_bytes = 12 * int((dense[counted] != 0).sum())
     folder = tmp_path / "scratch"
@@ -333,7 +334,13 @@ def test_activation_store_on_disk_beyond_its_budget(budget, tmp_path, monkeypatc
         assert torch.equal(acts.csc_val[segment], dense[tok, f]), (seed, f)
     clean = counted & ~h.isnan().any(1)
     assert torch.equal(acts.clean, clean), seed
-    assert torch.equal(acts.matrix.to_dense(), torch.where(clean[:, None] & keep, dense, 0.0).double()), seed
+    x = torch.where(clean[:, None] & keep, dense, 0.0).double()  # [300, 64] what correlations see
+    assert torch.equal(acts.matrix.to_dense(), x), seed
+    ids = torch.tensor([3, 17, 40, 63])
+    gram, hook_sums = acts.correlation_sums(ids, acts.entries(ids))
+    torch.testing.assert_close(gram, x[:, ids].T @ x, rtol=1e-12, atol=1e-12, msg=str(seed))
+    h_clean = torch.where(clean[:, None], h, 0.0).double()
+    torch.testing.assert_close(hook_sums, x[:, ids].T @ h_clean, rtol=1e-5, atol=1e-5, msg=str(seed))
     acts.close()
     assert not folder.exists(), seed
     ent = acts.entries(torch.arange(64))  # mappings outlive their deleted files

@@ -7,14 +7,14 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
-from sitegen.compute.spill import disk_tensor
+from sitegen.compute.spill import Mappings
 from sitegen.errors import SitegenError
 
 MEMMAP_DIR = "activations.tmp"  # scratch under the cache folder: activation memmaps and spilled stores
@@ -58,6 +58,11 @@ class ActivationCache:
     folder: Path | None  # memmap folder, or None when in memory
     model_passes: int = 0
     seconds: float = 0.0
+    mappings: Mappings = field(default_factory=Mappings)
+
+    def release(self) -> None:
+        """Hand back the memmaps' resident pages (reads map them again as needed)."""
+        self.mappings.release()
 
     def bytes_in_memory(self) -> int:
         """What the captured activations take of ``features.activation_cache_mb``."""
@@ -88,7 +93,8 @@ def _buffers(widths: dict[str, int], n_tok: int, budget_mb: int, cache_dir: Path
     cache = ActivationCache({}, folder)
     try:
         for i, (name, width) in enumerate(widths.items()):
-            cache.acts[name] = disk_tensor(folder / f"{i}.f32", (n_tok, width), torch.float32, "activation memmap")
+            cache.acts[name] = cache.mappings.tensor(folder / f"{i}.f32", (n_tok, width), torch.float32,
+                                                     "activation memmap")
     except SitegenError:
         cache.close()
         raise
@@ -124,6 +130,7 @@ def capture_activations(
                 chunk = tokens[s : s + batch_size]
                 rows = slice(s * ctx, (s + len(chunk)) * ctx)
                 model(chunk.to(device), stop_at_layer=stop, return_type=None)
+                cache.release()
     except BaseException:
         cache.close()
         raise

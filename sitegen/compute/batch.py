@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformer_lens import HookedTransformer
@@ -48,6 +49,7 @@ class DictionaryContext:
     post_scale: torch.Tensor | None  # [n_tok] clean scale of the hook's post-norm (direct effects, Gemma 2/3)
     start: torch.Tensor | None  # [n_seq, ctx, d_model] residual entering the hook's layer (exact)
     seed: int
+    release: Callable[[], None]  # hands back the pages of memmapped activations read so far
 
 
 def feature_seed(seed: int, dict_index: int, feature: int) -> int:
@@ -114,7 +116,7 @@ def batch_hovers(model: HookedTransformer, cfg: FeaturesConfig, ctx: DictionaryC
         if ctx.post_scale is not None:  # the residual stream receives act / scale of the post-norm
             act = act / ctx.post_scale[flat]
         table = direct_hovers(model, ctx.norm, ctx.final, u, None if basis is None else basis[0], rows[order],
-                              flat[order], act[order], next_tok[order], cfg.hover_top)
+                              flat[order], act[order], next_tok[order], cfg.hover_top, ctx.release)
         return table.take(torch.argsort(order))
     if ctx.effects == "exact":  # one re-run per (feature, sequence)
         run_keys, pair_run = torch.unique_consecutive(rows * n_seq + flat // n_ctx, return_inverse=True)
@@ -123,5 +125,5 @@ def batch_hovers(model: HookedTransformer, cfg: FeaturesConfig, ctx: DictionaryC
         run_acts = lookup(ent, n_seq * n_ctx, run_rows[:, None].expand_as(positions), positions)
         return exact_hovers(model, ctx.d.hook_name, ctx.start, tokens, ctx.final, run_seq, run_acts,
                             ctx.decoder[idx[run_rows]], pair_run, flat % n_ctx, next_tok, cfg.hover_top,
-                            cfg.token_batch_size)
+                            cfg.token_batch_size, ctx.release)
     return None

@@ -15,6 +15,7 @@ Each hover reports log-prob changes (removed - clean) and the next-token loss ch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformer_lens import HookedTransformer
@@ -181,11 +182,12 @@ def lse_change(clean_lp: torch.Tensor, at: torch.Tensor, u: torch.Tensor, r: tor
 @torch.no_grad()
 def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.Tensor, u: torch.Tensor,
                   basis: torch.Tensor | None, rows: torch.Tensor, flat: torch.Tensor, acts: torch.Tensor,
-                  next_tok: torch.Tensor, k: int) -> HoverTable:
+                  next_tok: torch.Tensor, k: int, release: Callable[[], None]) -> HoverTable:
     """Hovers for pairs (feature row, flat position, activation), sorted by position.
     ``final``: [n_tok, d_model] clean final residuals; ``u``: [B, V] logit directions;
     ``basis``: [B, 2k] ids of each row's k lowest then k highest u (``hover_basis``; None under
-    a soft-cap). Clean logits are computed once per position, for chunks of positions.
+    a soft-cap). Clean logits are computed once per position, for chunks of positions;
+    ``release`` hands back the pages of a memmapped ``final`` after each chunk is read.
 
     Without a soft-cap, removal shifts every log-prob by -c*u_v - dLSE (c = a / s_p), so the
     top and bottom tokens are u's extremes and only dLSE needs the whole vocabulary. Under a
@@ -202,6 +204,7 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
     parts = []
     for p in range(0, len(where), step):
         resid = final[where[p : p + step]].to(device)  # [p, d_model]
+        release()
         pre = unembed(model, model.ln_final(resid) if norm.present else resid).float()  # [p, V] before any cap
         scale = frozen_scale(norm, resid, model.cfg.eps)
         if capped:
@@ -235,7 +238,7 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
 def exact_hovers(model: HookedTransformer, hook_name: str, start: torch.Tensor | None, tokens: torch.Tensor,
                  final: torch.Tensor, runs_seq: torch.Tensor, runs_acts: torch.Tensor, runs_dec: torch.Tensor,
                  pair_run: torch.Tensor, pair_pos: torch.Tensor, next_tok: torch.Tensor, k: int,
-                 batch_size: int) -> HoverTable:
+                 batch_size: int, release: Callable[[], None]) -> HoverTable:
     """Re-run each (sequence, feature) with the feature removed at the hook.
 
     runs_seq [r]: sequence of each run; runs_acts [r, ctx]: the counted activations removed;
@@ -263,4 +266,5 @@ def exact_hovers(model: HookedTransformer, hook_name: str, start: torch.Tensor |
             new = final_logits(model, out[run - s, pair_pos[q]])
             clean = final_logits(model, final[runs_seq[run] * ctx + pair_pos[q]].to(device))
             parts.append(hover_rows(torch.log_softmax(clean.float(), 1), new.float(), next_tok[q].to(device), k))
+        release()  # of the memmapped ``start`` and ``final``
     return cat_tables(parts, k)

@@ -114,7 +114,7 @@ def context_for(src: Sources, i: int, cache: ActivationCache, cache_dir: Path, n
     hook = cache.acts[d.hook_name]
     budget = max(0, src.config.features.activation_cache_mb * 2**20 - cache.bytes_in_memory())
     acts = (NeuronActs(d, hook, counted) if d.kind == "neurons" else
-            SparseActs(d, hook, counted, model.cfg.device, progress, budget, cache_dir / MEMMAP_DIR))
+            SparseActs(d, hook, counted, model.cfg.device, progress, budget, cache_dir / MEMMAP_DIR, cache.release))
     effects = dictionary_effects(src.config.features.effects, directions)
     final = cache.acts.get(final_resid_hook(model)) if effects != "none" else None
     post = post_norm(model, d.hook_name) if effects == "direct" else None
@@ -125,7 +125,7 @@ def context_for(src: Sources, i: int, cache: ActivationCache, cache_dir: Path, n
     decoder = d.decoder().detach().float().cpu()
     return DictionaryContext(i, d, acts, decoder, unit_rows(decoder), None if directions is None else
                              directions.detach().float().cpu(), effects, norm, final, post_scale, start,
-                             src.config.seed)
+                             src.config.seed, cache.release)
 
 
 def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True) -> dict:
@@ -215,7 +215,8 @@ def paused_gc() -> Iterator[None]:
 def write_batches(src: Sources, ctx: DictionaryContext, cache_dir: Path, batches: list[tuple[int, list[int]]],
                   tokens: set[int], progress: bool) -> int:
     """Build and write batches (number, feature ids) of one dictionary; add their token ids
-    to ``tokens``; return their NaN/inf count."""
+    to ``tokens``; return their NaN/inf count. Memmapped pages a batch read are handed back
+    after it, so memory does not fill with them batch after batch."""
     n_nonfinite = 0
     with paused_gc():
         for b, ids in tqdm(batches, desc=f"features {ctx.d.name}", unit="batch", disable=not progress):
@@ -223,6 +224,8 @@ def write_batches(src: Sources, ctx: DictionaryContext, cache_dir: Path, batches
             write_batch_text(cache_dir, ctx.index, b, out.text)
             tokens.update(out.token_ids)
             n_nonfinite += out.n_nonfinite
+            ctx.release()
+            ctx.acts.release()
     return n_nonfinite
 
 

@@ -13,6 +13,7 @@ way; only where they live changes.
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 from pathlib import Path
 from typing import Iterator
@@ -25,22 +26,37 @@ from sitegen.errors import SitegenError
 _names = itertools.count()
 
 
-def disk_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype, what: str) -> torch.Tensor:
-    """A zero-filled tensor mapped to a new file at ``path``; the file's blocks are allocated
-    first, so a full disk is this one-line error and not a SIGBUS on a later write."""
-    np_dtype = numpy_dtype(dtype)
-    size = int(np.prod(shape)) * np_dtype.itemsize
-    try:
-        with open(path, "wb") as f:
-            if size and hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(f.fileno(), 0, size)
-            else:
-                f.truncate(size)
-        if not size:
-            return torch.empty(shape, dtype=dtype)
-        return torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="r+", shape=shape))
-    except OSError as err:
-        raise SitegenError(f"{path}: cannot create the {what} on disk ({err.strerror or err})") from None
+class Mappings:
+    """Tensors mapped to new files. ``release`` hands their resident pages back (the data stays
+    in the files and the kernel's page cache), so reading or writing through a mapping does
+    not leave every page it touched counted in this process's memory."""
+
+    def __init__(self) -> None:
+        self.maps: list[mmap.mmap] = []
+
+    def tensor(self, path: Path, shape: tuple[int, ...], dtype: torch.dtype, what: str) -> torch.Tensor:
+        """Zeros mapped to a new file at ``path``; the file's blocks are allocated first, so a
+        full disk is this one-line error and not a SIGBUS on a later write."""
+        np_dtype = numpy_dtype(dtype)
+        size = int(np.prod(shape)) * np_dtype.itemsize
+        try:
+            with open(path, "w+b") as f:
+                if size and hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, size)
+                else:
+                    f.truncate(size)
+                if not size:
+                    return torch.empty(shape, dtype=dtype)
+                mapped = mmap.mmap(f.fileno(), size)
+        except OSError as err:
+            raise SitegenError(f"{path}: cannot create the {what} on disk ({err.strerror or err})") from None
+        self.maps.append(mapped)
+        return torch.from_numpy(np.frombuffer(mapped, dtype=np_dtype).reshape(shape))
+
+    def release(self) -> None:
+        if hasattr(mmap, "MADV_DONTNEED"):
+            for mapped in self.maps:
+                mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
@@ -54,6 +70,7 @@ class Arrays:
         self.left = budget
         self.folder = folder
         self.files: list[Path] = []
+        self.mappings = Mappings()
 
     def file(self, stem: str) -> Path:
         """A fresh file name in the folder, deleted by ``close``."""
@@ -77,7 +94,7 @@ class Arrays:
         """[n] uninitialised in memory, or zeros on disk."""
         if self.take(n * dtype.itemsize):
             return torch.empty(n, dtype=dtype)
-        return disk_tensor(self.file("store"), (n,), dtype, "activation store")
+        return self.mappings.tensor(self.file("store"), (n,), dtype, "activation store")
 
     def delete(self, paths: list[Path]) -> None:
         """Delete files (mappings still open keep their data until they are dropped)."""
@@ -148,7 +165,8 @@ class EntryLog:
             piece = []
             for path, t in zip(self.paths, self.dtypes):
                 try:
-                    piece.append(torch.from_numpy(np.fromfile(path, numpy_dtype(t), count=n, offset=start * t.itemsize)))
+                    column = np.fromfile(path, numpy_dtype(t), count=n, offset=start * t.itemsize)
+                    piece.append(torch.from_numpy(column))
                 except OSError as err:
                     raise SitegenError(f"{path}: cannot read the activation store ({err.strerror or err})") from None
             yield tuple(piece)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -29,6 +30,7 @@ from sitegen.sources.dictionaries import Dictionary
 
 CHUNK_ELEMENTS = 1 << 24  # dense [tokens, features] elements per chunk of bookkeeping (sums, matmuls)
 CPU_ENCODE_ELEMENTS = 1 << 20  # dense [tokens, features] elements per CPU encode: 4 MiB stays in cache
+GRAM_TOKENS = 1 << 16  # tokens per range of the Gram rows' product (fixed: the same sums at any budget)
 PIECE_ENTRIES = 1 << 20  # entries per piece of the feature-major sort read from disk (~70 MiB of temporaries)
 
 
@@ -74,7 +76,7 @@ class SparseActs:
     (``spill.Arrays``); ``close`` deletes those."""
 
     def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, device: str | torch.device,
-                 progress: bool, budget: int, folder: Path):
+                 progress: bool, budget: int, folder: Path, release_hook: Callable[[], None] = lambda: None):
         n_tok, d_sae, d_in = len(hook), d.d_sae, hook.shape[1]  # hook: [n_tok, d_in]; counted: [n_tok]
         self.n_tok, self.d_sae = n_tok, d_sae
         self.nonfinite = torch.zeros(d_sae, dtype=torch.int64)  # [d_sae]
@@ -88,7 +90,7 @@ class SparseActs:
         self.arrays = Arrays(budget, folder)
         try:
             log = EntryLog(self.arrays, (index_dtype(n_tok), torch.int32, torch.float32))  # (token, feature, value)
-            per_feature, per_token = self.encode(d, hook, counted, device, progress, log)
+            per_feature, per_token = self.encode(d, hook, counted, device, progress, log, release_hook)
             self.n_clean = int(self.clean.sum())
             self.store(log, per_feature, per_token)
         except BaseException:
@@ -96,9 +98,10 @@ class SparseActs:
             raise
 
     def encode(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, device: str | torch.device,
-               progress: bool, log: EntryLog) -> tuple[torch.Tensor, torch.Tensor]:
+               progress: bool, log: EntryLog, release_hook: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode every token once: log the counted finite entries, token-major, and stream the
-        sums. Returns the number of entries per feature [d_sae] and of clean ones per token [n_tok]."""
+        sums. Returns the number of entries per feature [d_sae] and of clean ones per token [n_tok].
+        ``release_hook`` hands back the pages of a memmapped ``hook`` read so far."""
         per_feature = torch.zeros(self.d_sae, dtype=torch.int64)
         per_token = torch.zeros(self.n_tok, dtype=torch.int32)
         step = chunk_rows(self.d_sae)
@@ -126,6 +129,7 @@ class SparseActs:
             per_feature += torch.bincount(feat, minlength=self.d_sae)
             per_token[s : s + len(h)] = torch.bincount(rc, minlength=len(h))
             log.append(row + s, feat, val)
+            release_hook()
         return per_feature, per_token
 
     def store(self, log: EntryLog, per_feature: torch.Tensor, per_token: torch.Tensor) -> None:
@@ -152,6 +156,7 @@ class SparseActs:
             n_on = int(on.sum())
             col[done : done + n_on], gram_val[done : done + n_on] = feat[on], val[on]
             done += n_on
+            self.release()
         log.close()
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
@@ -166,12 +171,26 @@ class SparseActs:
 
     def correlation_sums(self, ids: torch.Tensor, ent: BatchEntries) -> tuple[torch.Tensor, torch.Tensor]:
         """Sums over clean positions, float64: ([B, d_sae] of x_f * x_g, [B, d_in] of x_f * h)."""
-        on = self.clean[ent.tok]
-        x = csr_rows(ent.rows[on], ent.tok[on], ent.val[on].double(), len(ids), self.n_tok)  # [B, n_tok]
-        # into a dense result: CSR @ CSR with a sparse result (torch.sparse.mm) leaks about the
-        # result's size per call on CPU (pytorch/pytorch#109445) and is 2x slower; same values
-        gram = torch.addmm(torch.zeros(len(ids), self.d_sae, dtype=torch.float64), x, self.matrix)
+        gram = torch.zeros(len(ids), self.d_sae, dtype=torch.float64)
+        crow, col, val = self.matrix.crow_indices(), self.matrix.col_indices(), self.matrix.values()
+        for t0 in range(0, self.n_tok, GRAM_TOKENS):  # a memmapped matrix is read range by range
+            t1 = min(t0 + GRAM_TOKENS, self.n_tok)
+            on = self.clean[ent.tok] & (ent.tok >= t0) & (ent.tok < t1)
+            x = csr_rows(ent.rows[on], ent.tok[on] - t0, ent.val[on].double(), len(ids), t1 - t0)  # [B, t1 - t0]
+            lo, hi = int(crow[t0]), int(crow[t1])
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                rows = torch.sparse_csr_tensor(crow[t0 : t1 + 1] - lo, col[lo:hi], val[lo:hi], (t1 - t0, self.d_sae),
+                                               check_invariants=False)
+            # into a dense result: CSR @ CSR with a sparse result (torch.sparse.mm) leaks about the
+            # result's size per call on CPU (pytorch/pytorch#109445) and is 2x slower
+            gram = torch.addmm(gram, x, rows)
+            self.release()
         return gram, self.hook_sums[ids]
+
+    def release(self) -> None:
+        """Hand back the resident pages of the store's memmaps."""
+        self.arrays.mappings.release()
 
     def close(self) -> None:
         """Delete the store's files (its mappings stay readable until the store is dropped)."""
@@ -248,8 +267,11 @@ class NeuronActs:
             out += (h[:, ids].T @ h).double()
         return out, out
 
+    def release(self) -> None:
+        """Nothing mapped of its own: the hook activations belong to the activation cache."""
+
     def close(self) -> None:
-        """Nothing to delete: the hook activations belong to the activation cache."""
+        """Nothing to delete, as above."""
 
 
 def hook_moments(hook: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
