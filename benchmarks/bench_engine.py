@@ -52,6 +52,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="256 sequences, 1024 features")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--budget-mb", type=int, default=None,
+                   help="features.activation_cache_mb (default: the config's, which keeps this fixture in memory)")
     args = p.parse_args(argv)
     if args.small:
         args.n_seq, args.d_sae = 256, 1024
@@ -109,6 +111,8 @@ def write_project(args, root: Path) -> Path:
         "dataset": {"paths": ["tokens.npy"], "context_length": args.ctx, "max_tokens": args.n_seq * args.ctx},
         "features": {"effects": args.effects, "feature_batch_size": args.feature_batch_size},
     }
+    if args.budget_mb is not None:
+        cfg["features"]["activation_cache_mb"] = args.budget_mb
     (root / "site_config.yaml").write_text(yaml.safe_dump(cfg))
     return root / "site_config.yaml"
 
