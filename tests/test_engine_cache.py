@@ -319,7 +319,7 @@ def test_activation_store_on_disk_beyond_its_budget(budget, tmp_path, monkeypatc
     counted = torch.rand(300, generator=gen) > 0.1
     monkeypatch.setattr(store, "chunk_rows", lambda width, elements=0: 37)  # 9 encode chunks
     monkeypatch.setattr(store, "PIECE_ENTRIES", 101)  # several pieces in the feature-major sort
-    monkeypatch.setattr(store, "GRAM_TOKENS", 50)  # Gram rows over 6 token ranges
+    monkeypatch.setattr(store, "GRAM_TOKENS", 64)  # Gram rows over 5 token ranges, the last one short
     dense = d.encode(h)  # [300, 64]
     log_bytes = 12 * int((dense[counted] != 0).sum())
     folder = tmp_path / "scratch"

@@ -71,6 +71,7 @@ class ActivationCache:
 
     def close(self) -> None:
         self.acts.clear()
+        self.mappings.close()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 

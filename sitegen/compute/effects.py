@@ -243,7 +243,8 @@ def exact_hovers(model: HookedTransformer, hook_name: str, start: torch.Tensor |
 
     runs_seq [r]: sequence of each run; runs_acts [r, ctx]: the counted activations removed;
     runs_dec [r, d_in]: decoder rows; pairs (run, position) sorted by run are the hovers.
-    ``start``: [n_seq, ctx, d_model] residual entering the hook's layer, or None (from the tokens)."""
+    ``start``: [n_seq, ctx, d_model] residual entering the hook's layer, or None (from the tokens);
+    ``release`` hands back the pages of memmapped ``start`` and ``final`` after each re-run batch."""
     device, ctx = model.cfg.device, tokens.shape[1]
     layer = start_layer(hook_name) if start is not None else None
     step = rows_per_chunk(model.cfg.d_vocab)

@@ -113,7 +113,7 @@ def context_for(src: Sources, i: int, cache: ActivationCache, cache_dir: Path, n
     counted = ~data.ignore.reshape(-1)
     hook = cache.acts[d.hook_name]
     budget = max(0, src.config.features.activation_cache_mb * 2**20 - cache.bytes_in_memory())
-    acts = (NeuronActs(d, hook, counted) if d.kind == "neurons" else
+    acts = (NeuronActs(d, hook, counted, cache.release) if d.kind == "neurons" else
             SparseActs(d, hook, counted, model.cfg.device, progress, budget, cache_dir / MEMMAP_DIR, cache.release))
     effects = dictionary_effects(src.config.features.effects, directions)
     final = cache.acts.get(final_resid_hook(model)) if effects != "none" else None

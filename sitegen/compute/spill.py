@@ -54,9 +54,18 @@ class Mappings:
         return torch.from_numpy(np.frombuffer(mapped, dtype=np_dtype).reshape(shape))
 
     def release(self) -> None:
+        """Advice only: where the platform lacks it or refuses, the pages simply stay."""
         if hasattr(mmap, "MADV_DONTNEED"):
             for mapped in self.maps:
-                mapped.madvise(mmap.MADV_DONTNEED)
+                try:
+                    mapped.madvise(mmap.MADV_DONTNEED)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Forget the mappings: each goes when the last tensor on it does (closing one that a
+        tensor still uses would fail)."""
+        self.maps.clear()
 
 
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
@@ -97,7 +106,7 @@ class Arrays:
         return self.mappings.tensor(self.file("store"), (n,), dtype, "activation store")
 
     def delete(self, paths: list[Path]) -> None:
-        """Delete files (mappings still open keep their data until they are dropped)."""
+        """Delete files (a mapping still in use keeps its file's data until its last tensor goes)."""
         for path in paths:
             try:
                 path.unlink(missing_ok=True)
@@ -106,6 +115,7 @@ class Arrays:
         self.files = [p for p in self.files if p not in paths]
 
     def close(self) -> None:
+        self.mappings.close()
         self.delete(list(self.files))
         try:
             self.folder.rmdir()  # unless other files (the activation memmaps) are still there

@@ -173,18 +173,22 @@ class SparseActs:
         """Sums over clean positions, float64: ([B, d_sae] of x_f * x_g, [B, d_in] of x_f * h)."""
         gram = torch.zeros(len(ids), self.d_sae, dtype=torch.float64)
         crow, col, val = self.matrix.crow_indices(), self.matrix.col_indices(), self.matrix.values()
-        for t0 in range(0, self.n_tok, GRAM_TOKENS):  # a memmapped matrix is read range by range
-            t1 = min(t0 + GRAM_TOKENS, self.n_tok)
-            on = self.clean[ent.tok] & (ent.tok >= t0) & (ent.tok < t1)
-            x = csr_rows(ent.rows[on], ent.tok[on] - t0, ent.val[on].double(), len(ids), t1 - t0)  # [B, t1 - t0]
+        on = self.clean[ent.tok]
+        rows, tok, vals = ent.rows[on], ent.tok[on], ent.val[on].double()
+        by_range = torch.argsort(tok // GRAM_TOKENS, stable=True)  # (row, token) order kept within a range
+        rows, tok, vals = rows[by_range], tok[by_range], vals[by_range]
+        ends = torch.cumsum(torch.bincount(tok // GRAM_TOKENS, minlength=-(-self.n_tok // GRAM_TOKENS)), 0).tolist()
+        for r, t0 in enumerate(range(0, self.n_tok, GRAM_TOKENS)):  # a memmapped matrix is read range by range
+            t1, part = min(t0 + GRAM_TOKENS, self.n_tok), slice(ends[r - 1] if r else 0, ends[r])
+            x = csr_rows(rows[part], tok[part] - t0, vals[part], len(ids), t1 - t0)  # [B, t1 - t0]
             lo, hi = int(crow[t0]), int(crow[t1])
             with warnings.catch_warnings():  # "sparse CSR support is in beta"
                 warnings.simplefilter("ignore", UserWarning)
-                rows = torch.sparse_csr_tensor(crow[t0 : t1 + 1] - lo, col[lo:hi], val[lo:hi], (t1 - t0, self.d_sae),
-                                               check_invariants=False)
+                part_matrix = torch.sparse_csr_tensor(crow[t0 : t1 + 1] - lo, col[lo:hi], val[lo:hi],
+                                                      (t1 - t0, self.d_sae), check_invariants=False)
             # into a dense result: CSR @ CSR with a sparse result (torch.sparse.mm) leaks about the
             # result's size per call on CPU (pytorch/pytorch#109445) and is 2x slower
-            gram = torch.addmm(gram, x, rows)
+            gram = torch.addmm(gram, x, part_matrix)
             self.release()
         return gram, self.hook_sums[ids]
 
@@ -236,8 +240,10 @@ def csr_rows(rows: torch.Tensor, cols: torch.Tensor, val: torch.Tensor, n_rows: 
 class NeuronActs:
     """MLP neurons: the hook activations themselves are the feature activations."""
 
-    def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor):
+    def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor,
+                 release_hook: Callable[[], None] = lambda: None):
         self.d = d
+        self.release_hook = release_hook
         self.hook = hook  # [n_tok, d_mlp]
         self.n_tok, self.d_sae = len(hook), d.d_sae
         self.counted = counted
@@ -246,12 +252,14 @@ class NeuronActs:
         step = chunk_rows(d.d_sae)
         for s in range(0, self.n_tok, step):
             self.clean[s : s + step] &= finite_rows(hook[s : s + step])
+            self.release()
         self.n_clean = int(self.clean.sum())
-        self.sh, self.shh = hook_moments(hook, self.clean)
+        self.sh, self.shh = hook_moments(hook, self.clean, self.release)
         self.sx, self.sxx = self.sh, self.shh
 
     def entries(self, ids: torch.Tensor) -> BatchEntries:
         x = self.d.encode_subset(self.hook, ids).T  # [B, n_tok]
+        self.release()
         bad = ~torch.isfinite(x) & self.counted
         n_nonfinite = bad.sum(1)
         keep = self.counted & ~bad & (x != 0)
@@ -265,17 +273,21 @@ class NeuronActs:
         for s in range(0, self.n_tok, step):
             h = torch.where(self.clean[s : s + step, None], self.hook[s : s + step], 0.0)  # [c, d_mlp]
             out += (h[:, ids].T @ h).double()
+            self.release()
         return out, out
 
     def release(self) -> None:
-        """Nothing mapped of its own: the hook activations belong to the activation cache."""
+        """Hand back the pages of the (memmapped) hook activations read so far."""
+        self.release_hook()
 
     def close(self) -> None:
-        """Nothing to delete, as above."""
+        """Nothing to delete: the hook activations belong to the activation cache."""
 
 
-def hook_moments(hook: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and sum of squares of each hook dimension over clean positions, float64."""
+def hook_moments(hook: torch.Tensor, clean: torch.Tensor, release: Callable[[], None]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and sum of squares of each hook dimension over clean positions, float64; ``release``
+    after each chunk read."""
     width = hook.shape[1]
     sh = torch.zeros(width, dtype=torch.float64)
     shh = torch.zeros(width, dtype=torch.float64)
@@ -284,4 +296,5 @@ def hook_moments(hook: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor,
         h = hook[s : s + step][clean[s : s + step]].double()
         sh += h.sum(0)
         shh += (h * h).sum(0)
+        release()
     return sh, shh
