@@ -158,10 +158,7 @@ class SparseActs:
             done += n_on
             self.release()
         log.close()
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            self.matrix = torch.sparse_csr_tensor(crow, col, gram_val, (self.n_tok, self.d_sae),
-                                                  check_invariants=False)
+        self.matrix = sparse_csr(crow, col, gram_val, (self.n_tok, self.d_sae))
 
     def entries(self, ids: torch.Tensor) -> BatchEntries:
         pos, rows = ranges(self.ptr[ids], self.ptr[ids + 1] - self.ptr[ids])
@@ -182,10 +179,7 @@ class SparseActs:
             t1, part = min(t0 + GRAM_TOKENS, self.n_tok), slice(ends[r - 1] if r else 0, ends[r])
             x = csr_rows(rows[part], tok[part] - t0, vals[part], len(ids), t1 - t0)  # [B, t1 - t0]
             lo, hi = int(crow[t0]), int(crow[t1])
-            with warnings.catch_warnings():  # "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                part_matrix = torch.sparse_csr_tensor(crow[t0 : t1 + 1] - lo, col[lo:hi], val[lo:hi],
-                                                      (t1 - t0, self.d_sae), check_invariants=False)
+            part_matrix = sparse_csr(crow[t0 : t1 + 1] - lo, col[lo:hi], val[lo:hi], (t1 - t0, self.d_sae))
             # into a dense result: CSR @ CSR with a sparse result (torch.sparse.mm) leaks about the
             # result's size per call on CPU (pytorch/pytorch#109445) and is 2x slower
             gram = torch.addmm(gram, x, part_matrix)
@@ -232,9 +226,14 @@ def csr_rows(rows: torch.Tensor, cols: torch.Tensor, val: torch.Tensor, n_rows: 
     dtype = index_dtype(max(len(val), n_cols))
     crow = torch.zeros(n_rows + 1, dtype=dtype)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    return sparse_csr(crow, cols.to(dtype), val, (n_rows, n_cols))
+
+
+def sparse_csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A CSR tensor on these (valid, same-dtype) index arrays, without copies or checks."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols.to(dtype), val, (n_rows, n_cols), check_invariants=False)
+        return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
 
 
 class NeuronActs:
