@@ -21,7 +21,7 @@ from site_fixtures import DictSpec, index_rows, site_config, write_cache  # noqa
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 
-from sitegen.compute.cache import read_manifest  # noqa: E402
+from sitegen.cache.manifest import read_manifest  # noqa: E402
 from sitegen.render.site import DictionaryListing, SiteWriter  # noqa: E402
 
 QUERIES = ["1", "#12345", "the", "word12", "brackets", "zzzz", ""]

@@ -10,9 +10,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import click
 
+from sitegen.config import Config
 from sitegen.errors import SitegenError
+from sitegen.report import log, show_messages
+
+if TYPE_CHECKING:
+    from sitegen.sources import Sources
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", default="site_config.yaml", show_default=True,
@@ -24,11 +31,7 @@ OUT_OPTION = click.option(
 )
 
 
-def say(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-def output_dir(cfg, out: Path | None) -> Path:
+def output_dir(cfg: Config, out: Path | None) -> Path:
     target = (out if out is not None else cfg.resolve(cfg.out)).absolute()
     if target.exists() and not target.is_dir():
         raise SitegenError(f"out: {target} exists and is not a folder")
@@ -40,11 +43,11 @@ def output_dir(cfg, out: Path | None) -> Path:
     return target
 
 
-def cache_dir(cfg) -> Path:
+def cache_dir(cfg: Config) -> Path:
     return cfg.resolve(cfg.cache)
 
 
-def describe(sources) -> str:
+def describe(sources: Sources) -> str:
     m, data = sources.model, sources.data
     lines = [
         f"model: {sources.config.model.name} ({m.cfg.n_layers} layers, d_model {m.cfg.d_model}, "
@@ -63,21 +66,19 @@ def describe(sources) -> str:
     return "\n".join(lines)
 
 
-def load(config_path: Path):
+def load(config_path: Path) -> tuple[Config, Sources]:
     from sitegen.config import load_config
     from sitegen.sources import load_sources
 
     cfg = load_config(config_path)
-    return cfg, load_sources(cfg, progress=lambda msg: say(f"[sitegen] {msg}"))
+    return cfg, load_sources(cfg, progress=lambda msg: log.info(f"[sitegen] {msg}"))
 
 
 @click.group()
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.version_option(package_name="sitegen")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+@click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks (read by main()).")
+@click.version_option(package_name="sitegen-dashboards")
+def cli() -> None:
     """Static-site generator for interpretability dashboards."""
-    ctx.obj = {"debug": debug}
 
 
 @cli.command()
@@ -101,11 +102,11 @@ def build(config_path: Path, out: Path | None) -> None:
     from sitegen.render import render_site
 
     cfg, sources = load(config_path)
-    say(describe(sources))
+    log.info(describe(sources))
     cache = cache_dir(cfg)
     stats = build_feature_cache(sources, cache)["stats"]
     n_features = sum(len(d.feature_ids) for d in sources.dictionaries)
-    say(f"[sitegen] {n_features} features from {stats['model_passes']} model pass(es); "
+    log.info(f"[sitegen] {n_features} features from {stats['model_passes']} model pass(es); "
         f"{stats['reused_batches']} feature batches reused; {stats['n_nonfinite']} non-finite activations excluded")
     render_site(cache, cfg, out_dir)
     click.echo(f"site written to {out_dir}")
@@ -115,16 +116,16 @@ def build(config_path: Path, out: Path | None) -> None:
 @CONFIG_OPTION
 @OUT_OPTION
 def render(config_path: Path, out: Path | None) -> None:
-    """Re-render the site from the feature cache, without recomputing."""
-    from sitegen.compute.cache import read_manifest
+    """Re-render the site from the feature cache, without recomputing (refused when the
+    config's feature keys changed since the cache was built)."""
+    from sitegen.cache.manifest import renderable_manifest
     from sitegen.config import load_config
     from sitegen.render import render_site
 
     cfg = load_config(config_path)
     out_dir = output_dir(cfg, out)
     cache = cache_dir(cfg)
-    if not read_manifest(cache).get("complete"):
-        raise SitegenError(f"{cache}: the feature cache is incomplete; run 'sitegen build' to finish it")
+    renderable_manifest(cache, cfg)
     render_site(cache, cfg, out_dir)
     click.echo(f"site written to {out_dir}")
 
@@ -175,28 +176,28 @@ def init(directory: Path) -> None:
 
 
 def main() -> None:
+    """The ``sitegen`` command: a SitegenError (or a click usage error) prints one line and exits
+    2, an OSError names its file; ``--debug`` lets them raise with their traceback instead."""
     debug = "--debug" in sys.argv[1:]
+    show_messages()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
     except click.ClickException as err:
-        err.show()
-        sys.exit(2)
-    except click.exceptions.Abort:
-        say("interrupted")
-        sys.exit(130)
-    except SitegenError as err:
-        if debug:
+        if debug and isinstance(err, SitegenError):
             raise
-        say(f"error: {err}")
-        sys.exit(2)
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     except KeyboardInterrupt:
-        say("interrupted: finished feature batches are kept in the cache; rerun to resume")
+        click.echo("interrupted: finished feature batches are kept in the cache; rerun to resume", err=True)
         sys.exit(130)
     except OSError as err:
         if debug:
             raise
         where = f"{err.filename}: " if err.filename else ""
-        say(f"error: {where}{err.strerror or err}")
+        click.echo(f"error: {where}{err.strerror or err}", err=True)
         sys.exit(2)

@@ -14,24 +14,27 @@ import base64
 import dataclasses
 import json
 import math
+from decimal import ROUND_HALF_UP, Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 
 from fixtures import HOSTILE
-from sitegen.compute.cache import write_batch, write_json
-from sitegen.compute.feature_data import (
+from sitegen.cache.feature_data import (
     FORMAT_VERSION,
     DictionarySummary,
+    DirectHover,
     Example,
     FeatureData,
     Histogram,
     Hover,
     IntervalGroup,
+    ListedHover,
     Ranked,
     TokenValues,
 )
+from sitegen.cache.files import write_batch, write_json
 from sitegen.config import Config, DatasetConfig, DictionaryConfig, SiteConfig
 from sitegen.render.index_data import IndexRow
 from sitegen.sources.tokens import display_text
@@ -101,16 +104,14 @@ class FeatureMaker:
         """Direct: log-prob changes -coef * u - shift over the basis, as the engine makes them;
         else values drawn on their own (as ``exact`` effects, which pages list in full)."""
         k = len(basis.token_ids) // 2
-        low, high = (basis.token_ids[:k], basis.values[:k]), (basis.token_ids[k:], basis.values[k:])
         loss = round_sig(float(self.rng.normal(0, 0.05) + 0.02 * a))
         if not direct:
-            return Hover(loss, TokenValues(low[0], sorted(self.floats(k, 0.001, max(abs(a), 0.002)), reverse=True)),
-                         TokenValues(high[0], sorted(self.floats(k, -max(abs(a), 0.002), -0.001))))
+            top = sorted(self.floats(k, 0.001, max(abs(a), 0.002)), reverse=True)
+            bottom = sorted(self.floats(k, -max(abs(a), 0.002), -0.001))
+            return ListedHover(loss, TokenValues(basis.token_ids[:k], top), TokenValues(basis.token_ids[k:], bottom))
         coef = round_sig(a * float(self.rng.uniform(0.001, 0.2)), 7)
         shift = round_sig(-coef * float(self.rng.uniform(-0.5, 0.5)), 7)
-        up, down = (low, high) if coef > 0 else (high, low)
-        return Hover(loss, TokenValues(up[0], [round_sig(-coef * u - shift) for u in up[1]]),
-                     TokenValues(down[0], [round_sig(-coef * u - shift) for u in down[1]]), coef, shift)
+        return DirectHover(coef, loss, shift)
 
     def example(self, act: float, max_act: float, basis: TokenValues, negative: bool, direct: bool) -> Example:
         s, rng = self.sizes, self.rng
@@ -323,8 +324,19 @@ def direct_changes(side: tuple[list[int], list[float]], record: list[float], u_m
     """``static/feature.js``'s ``changes``: interpolated in u, to the decimals the ends support."""
     big = max(abs(record[2]), abs(record[3]))
     places = min(max(math.floor(4.82 - math.log10(big)), 0), 100) if big else 0
-    return [r4(float(f"{record[2] + (u - u_min) / ((u_max - u_min) or 1) * (record[3] - record[2]):.{places}f}"))
+    return [shown_change(record[2] + (u - u_min) / ((u_max - u_min) or 1) * (record[3] - record[2]), places)
             for u in side[1]]
+
+
+def shown_change(v: float, places: int) -> float:
+    """static/feature.js's ``shownChange`` by definition: the exact binary value of ``v`` rounded
+    once, halves away from zero, to 4 significant digits or to ``places`` decimals, whichever is
+    coarser."""
+    if v == 0:
+        return 0.0
+    exact = Decimal(v)
+    decimals = min(places, 3 - exact.adjusted())  # adjusted(): the exact decimal exponent of v
+    return float(exact.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
 
 
 def r4(x: float) -> float:
@@ -403,14 +415,35 @@ def same_examples(page: list[list[dict]], expected: list[list[dict]]) -> bool:
     return True
 
 
+def listed_changes(h: Hover, basis: TokenValues) -> tuple[TokenValues, TokenValues]:
+    """(top, bottom) of a hover as its tooltip lists them. A direct hover's are the changes
+    -coef * u - shift at the basis tokens, at 4 significant digits: the k lowest u first when
+    coef > 0 (removal raises them most), else the k highest."""
+    if isinstance(h, ListedHover):
+        return h.top, h.bottom
+    k = len(basis.token_ids) // 2
+    low, high = slice(0, k), slice(k, 2 * k)
+    up, down = (low, high) if h.coef > 0 else (high, low)
+
+    def changes(part: slice) -> TokenValues:
+        return TokenValues(basis.token_ids[part], [r4(-h.coef * u - h.shift) for u in basis.values[part]])
+
+    return changes(up), changes(down)
+
+
+def expected_hover(h: Hover | None, basis: TokenValues, texts: dict[int, str]) -> tuple | None:
+    if h is None:
+        return None
+    top, bottom = listed_changes(h, basis)
+    return (h.loss_effect, [texts[i] for i in top.token_ids], top.values, [texts[i] for i in bottom.token_ids],
+            bottom.values)
+
+
 def expected_examples(fd: FeatureData, texts: dict[int, str]) -> list[list[dict]]:
     """``decoded_examples`` as it should be for ``fd``: top, intervals from the highest, negative."""
     intervals = sorted(fd.intervals, key=lambda g: -g.upper)
     groups = [fd.top_examples, *(g.examples for g in intervals), *([fd.negative.examples] if fd.negative else [])]
     return [[{
         "seq": ex.seq, "pos": ex.pos, "start": ex.start, "tokens": [texts[i] for i in ex.token_ids],
-        "acts": ex.acts,
-        "hovers": [None if h is None else (h.loss_effect, [texts[i] for i in h.top.token_ids], h.top.values,
-                                           [texts[i] for i in h.bottom.token_ids], h.bottom.values)
-                   for h in ex.hovers],
+        "acts": ex.acts, "hovers": [expected_hover(h, fd.hover_basis, texts) for h in ex.hovers],
     } for ex in group] for group in groups]

@@ -110,7 +110,7 @@ def test_ctrl_c_stops_cleanly(tmp_path):
 
 
 def test_write_failure_is_one_line_and_cache_stays_consistent(monkeypatch, capsys, tmp_path):
-    from sitegen.compute import cache as cache_module
+    from sitegen.cache import files as cache_module
 
     config = write_project(tmp_path)
     real = cache_module.write_atomic
@@ -194,7 +194,8 @@ def test_embedded_default_small_slice(monkeypatch, capsys, tmp_path):
     assert len(list(site.glob("features/*/*.html"))) == 10
     code, _, _ = run_cli(monkeypatch, capsys, "check", str(site))
     assert code == 0
-    from sitegen.compute.cache import read_features, read_manifest
+    from sitegen.cache.files import read_features
+    from sitegen.cache.manifest import read_manifest
 
     assert read_manifest(tmp_path / ".sitegen-cache")["complete"]
     live = [f for f in read_features(tmp_path / ".sitegen-cache", 0) if not f.dead]

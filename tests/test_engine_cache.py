@@ -4,6 +4,7 @@ stale-cache detection, the manifest, memmapped activations, and the helpers."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import signal
 import subprocess
@@ -17,9 +18,9 @@ import torch
 from fixtures import tiny_model, tiny_sae, tiny_tokens, write_project
 from sitegen.compute import build_feature_cache, store
 from sitegen.compute.activations import capture_activations
-from sitegen.compute.engine import referenced_tokens
-from sitegen.compute.cache import batch_path, feature_data_from_dict, read_json, read_manifest, write_batch
-from sitegen.compute.feature_data import FORMAT_VERSION
+from sitegen.cache.feature_data import FORMAT_VERSION
+from sitegen.cache.files import batch_path, feature_data_from_dict, read_batch, read_json, write_batch
+from sitegen.cache.manifest import read_manifest
 from sitegen.compute.rounding import round_sig
 from sitegen.compute.stats import dense_histograms, row_histograms
 from sitegen.config import load_config
@@ -81,7 +82,7 @@ def test_manifest_schema(built):
         "features/1/00000.json"]
 
 
-def test_resume_reuses_batches_and_is_identical(built, tmp_path, capsys):
+def test_resume_reuses_batches_and_is_identical(built, tmp_path, caplog):
     root, _, src, _, first = built
     cache = written(first, tmp_path / "cache")
     gone = [batch_path(cache, 0, 1), batch_path(cache, 0, 3), batch_path(cache, 1, 0)]
@@ -91,9 +92,10 @@ def test_resume_reuses_batches_and_is_identical(built, tmp_path, capsys):
     (cache / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     (cache / "tokens.json").unlink()
     (cache / "features" / "0" / ".00001.json.123.tmp").write_text("[{half")  # a write cut short
-    out = build_feature_cache(src, cache, progress=False)
+    with caplog.at_level(logging.INFO, logger="sitegen"):
+        out = build_feature_cache(src, cache, progress=False)
     assert out["stats"]["reused_batches"] == 2 and out["stats"]["model_passes"] == 1
-    assert "reusing 2 of 5 feature batches" in capsys.readouterr().err
+    assert "reusing 2 of 5 feature batches" in caplog.text
     assert files_of(cache) == first, f"seed={SEED}"
     # nothing missing: nothing recomputed, no model pass
     out = build_feature_cache(src, cache, progress=False)
@@ -108,13 +110,13 @@ from sitegen.compute import engine
 from sitegen.config import load_config
 from sitegen.sources import load_sources
 writes = []
-real = engine.write_batch_text
+real = engine.write_batch
 def write_then_die(*args):
     real(*args)
     writes.append(args)
     if len(writes) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-engine.write_batch_text = write_then_die
+engine.write_batch = write_then_die
 engine.build_feature_cache(load_sources(load_config({config!r})), {cache!r}, progress=False)
 """
 
@@ -132,7 +134,7 @@ def test_sigkill_mid_build_then_rerun_is_identical(built, tmp_path):
     assert files_of(cache) == first, f"seed={SEED}"
 
 
-def test_stale_cache_is_detected_and_rebuilt(built, tmp_path, capsys):
+def test_stale_cache_is_detected_and_rebuilt(built, tmp_path, caplog):
     root, config, src, _, first = built
     cache = written(first, tmp_path / "cache")
     # changed input data: the dataset fingerprint changes
@@ -140,23 +142,27 @@ def test_stale_cache_is_detected_and_rebuilt(built, tmp_path, capsys):
     changed = write_project(project, seed=SEED, extra={"features": {"feature_batch_size": 16}})
     np.save(project / "tokens.npy", tiny_tokens(16, 23, SEED + 1))
     src2 = load_sources(load_config(changed))
+    caplog.set_level(logging.INFO, logger="sitegen")
+    caplog.clear()
     build_feature_cache(src2, cache, progress=False)
-    err = capsys.readouterr().err
-    assert "stale" in err and "changed input: dataset" in err and err.count("\n") == 1, err
+    assert len(caplog.messages) == 1 and "stale" in caplog.text and "changed input: dataset" in caplog.text, \
+        caplog.messages
     assert files_of(cache) != first
     fresh = tmp_path / "fresh"
     build_feature_cache(src2, fresh, progress=False)
     assert files_of(cache) == files_of(fresh)
     # changed config section
     src2.config.features.top_examples = 4
+    caplog.clear()
     build_feature_cache(src2, cache, progress=False)
-    assert "changed config: features" in capsys.readouterr().err
+    assert "changed config: features.top_examples" in caplog.text, caplog.messages
     # another sitegen version
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["provenance"]["sitegen_version"] = "0.0.1"
     (cache / "manifest.json").write_text(json.dumps(manifest))
+    caplog.clear()
     build_feature_cache(src2, cache, progress=False)
-    assert "built by sitegen 0.0.1" in capsys.readouterr().err
+    assert "built by sitegen 0.0.1" in caplog.text
 
 
 def test_memmapped_activations_give_the_same_features(built, tmp_path):
@@ -186,26 +192,25 @@ def test_capture_to_memmap_equals_memory(built, tmp_path):
 
 
 def test_batches_round_trip_through_feature_data(built, tmp_path):
-    """The engine's batch text is what ``dumps_features`` writes for the FeatureData read back
-    from it; direct hovers are stored as (coef, loss effect, shift) alone."""
+    """A batch file read back into FeatureData and written again is the same bytes; direct
+    hovers are stored as (coef, loss effect, shift) alone."""
     root, _, _, _, _ = built
     for i, b in ((1, 0), (0, 2)):
         dicts = read_json(batch_path(root / "first", i, b))
-        features = [feature_data_from_dict(d) for d in dicts]
-        write_batch(tmp_path, i, b, features)
+        write_batch(tmp_path, i, b, read_batch(batch_path(root / "first", i, b)))
         assert batch_path(tmp_path, i, b).read_bytes() == batch_path(root / "first", i, b).read_bytes()
         stored = [h for d in dicts for e in d["top_examples"] for h in e["hovers"] if h is not None]
         assert stored and all(sorted(h) == ["coef", "loss_effect", "shift"] for h in stored)
 
 
-def test_hover_json_is_the_stored_form_of_every_kind_of_hover():
-    """The engine's hover text equals ``dumps_features``'s for the hover read back from it: direct
-    rows (coef set), listed rows (NaN coef: exact or soft-capped effects), non-finite rows
-    (``null``), in one mixed table, with -0.0 and tiny values."""
-    from sitegen.compute.cache import _hover, stored_form
+def test_hovers_of_every_kind_of_row_round_trip_through_the_cache():
+    """The engine's hover rows become one hover type each: DirectHover where coef is finite
+    (its numbers rounded to 7 and 4 digits), ListedHover where it is NaN (exact or soft-capped
+    effects), None where a number is not finite; each reads back from the cache unchanged."""
+    from sitegen.cache.feature_data import DirectHover, ListedHover
+    from sitegen.cache.files import _hover, dumps
     from sitegen.compute.effects import HoverTable
-    from sitegen.compute.feature_data import TokenValues
-    from sitegen.compute.serialise import hover_json
+    from sitegen.compute.serialise import hovers_of
 
     g = torch.Generator().manual_seed(SEED)
     n, k = 40, 3
@@ -215,20 +220,21 @@ def test_hover_json_is_the_stored_form_of_every_kind_of_hover():
     loss = torch.randn(n, generator=g) * 1e-3
     loss[1] = -0.0
     loss[kind == 3] = float("inf")
+    shift = torch.randn(n, generator=g) * 1e-4
     table = HoverTable(loss, torch.randint(0, 50, (n, k), generator=g), torch.randn(n, k, generator=g),
                        torch.randint(0, 50, (n, k), generator=g), torch.randn(n, k, generator=g),
-                       torch.isfinite(loss), coef, torch.randn(n, generator=g) * 1e-4)
-    basis = TokenValues(list(range(2 * k)), sorted(torch.randn(2 * k, generator=g).tolist()))
-    texts = hover_json(table)
-    assert [t == "null" for t in texts] == (kind == 3).tolist()
-    for text, kd in zip(texts, kind.tolist()):
-        stored = json.loads(text)
-        if stored is None:
-            continue
-        assert sorted(stored) == (["coef", "loss_effect", "shift"] if kd < 2 else ["bottom", "loss_effect", "top"])
-        again = json.dumps(_hover(stored, basis), default=stored_form, separators=(",", ":"), sort_keys=True,
-                           ensure_ascii=False, allow_nan=False)
-        assert again == text
+                       torch.isfinite(loss), coef, shift)
+    hovers = hovers_of(table)
+    expected = {0: DirectHover, 1: DirectHover, 2: ListedHover, 3: type(None)}
+    assert [type(h) for h in hovers] == [expected[kd] for kd in kind.tolist()], f"seed {SEED}"
+    for i, h in enumerate(hovers):
+        if isinstance(h, DirectHover):
+            assert h.coef == float(f"{coef[i].item():.7g}") and h.shift == float(f"{shift[i].item():.7g}"), f"seed {SEED}"
+        if isinstance(h, ListedHover):
+            assert h.top.token_ids == table.top_ids[i].tolist() and len(h.bottom.values) == k, f"seed {SEED}"
+        if h is not None:
+            assert h.loss_effect == float(f"{loss[i].item():.4g}"), f"seed {SEED}"
+            assert _hover(json.loads(dumps(h))) == h, f"seed {SEED}"
 
 
 def test_tokens_json_holds_exactly_the_shown_tokens(built):
@@ -237,7 +243,7 @@ def test_tokens_json_holds_exactly_the_shown_tokens(built):
     for name in first:
         if name.startswith("features"):
             for d in json.loads(first[name]):
-                referenced_tokens(feature_data_from_dict(d), shown)
+                shown.update(feature_data_from_dict(d).token_ids())
     table = {int(t): text for t, text in json.loads(first["tokens.json"]).items()}
     assert table == dict(zip(sorted(shown), src.token_texts(sorted(shown))))
 
@@ -260,23 +266,53 @@ def test_round_sig_matches_printf():
     assert round_sig(x).tolist() == [float(f"{v:.4g}") for v in x.tolist()]
 
 
+def numpy_histogram(v: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, counts) of numpy.histogram(v, bins) for float32 ``v``, also where numpy refuses
+    ("Too many bins for data range": a range, or the +-0.5 around one value, under ``bins``
+    float32 steps): then by numpy's own definition, its float32 edges (np.linspace, not all
+    distinct) and each value in the bin with edges[i] <= v < edges[i + 1], the last one closed."""
+    try:
+        counts, edges = np.histogram(v, bins)
+        return edges.astype(np.float32), counts
+    except ValueError as err:
+        if not str(err).startswith("Too many bins for data range"):
+            raise
+    return histogram_by_definition(v, bins)
+
+
+def histogram_by_definition(v: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``numpy_histogram`` of a non-empty float32 ``v`` from the definition alone."""
+    lo, hi = v.min(), v.max()
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5  # as numpy's _get_outer_edges, then its np.linspace
+    edges = np.linspace(lo, hi, bins + 1, endpoint=True, dtype=np.result_type(lo, hi, v))
+    idx = np.minimum(np.searchsorted(edges, v, side="right") - 1, bins - 1)
+    return edges, np.bincount(idx, minlength=bins)
+
+
 def test_histograms_match_numpy_on_edges():
     rng = np.random.default_rng(SEED)
     rows, vals = [], []
-    for r, kind in enumerate(["ints", "equal", "random", "empty", "single"]):
+    up = np.float32(1e6) + np.float32(1e6) * np.finfo(np.float32).eps * np.arange(4, dtype=np.float32)
+    for r, kind in enumerate(["ints", "equal", "random", "empty", "single", "single 1e6", "equal 1e6", "ulps 1e6"]):
         v = {"ints": np.arange(41, dtype=np.float32), "equal": np.full(7, 2.5, np.float32),
              "random": rng.normal(size=300).astype(np.float32), "empty": np.zeros(0, np.float32),
-             "single": np.array([-3.0], np.float32)}[kind]
+             "single": np.array([-3.0], np.float32), "single 1e6": np.array([1e6], np.float32),
+             "equal 1e6": np.full(5, -1e6, np.float32), "ulps 1e6": up[[0, 1, 1, 3, 2]]}[kind]
         rows.append(np.full(len(v), r))
         vals.append(v)
     rows_t, vals_t = torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(vals))
     lo = torch.tensor([v.min() if len(v) else 0 for v in vals], dtype=torch.float32)
     hi = torch.tensor([v.max() if len(v) else 0 for v in vals], dtype=torch.float32)
-    edges, counts = row_histograms(rows_t, vals_t, 5, lo, hi, 40)
+    edges, counts = row_histograms(rows_t, vals_t, len(vals), lo, hi, 40)
     for r, v in enumerate(vals):
-        want_counts, want_edges = np.histogram(v, 40)
+        want_edges, want_counts = numpy_histogram(v, 40)
         assert counts[r].tolist() == want_counts.tolist(), f"row {r} seed={SEED}"
-        assert edges[r].numpy().tolist() == want_edges.astype(np.float32).tolist()
+        assert edges[r].numpy().tolist() == want_edges.tolist(), f"row {r} seed={SEED}"
+        assert counts[r].sum() == len(v) and bool((edges[r, 1:] >= edges[r, :-1]).all()), f"row {r} seed={SEED}"
+    for r in (0, 1, 2, 4):  # the definition the reference falls back on is numpy's, where numpy has one
+        by_definition, by_numpy = histogram_by_definition(vals[r], 40), np.histogram(vals[r], 40)[::-1]
+        assert all(np.array_equal(a, b) for a, b in zip(by_definition, by_numpy)), f"row {r} seed={SEED}"
     # many rows at random scales and offsets, some values on edges, against numpy row by row
     scales = 10.0 ** rng.uniform(-6, 6, size=60)
     many = [(rng.gamma(0.5, size=rng.integers(1, 400)) * s + rng.normal() * s).astype(np.float32) for s in scales]
@@ -286,12 +322,16 @@ def test_histograms_match_numpy_on_edges():
     lo, hi = torch.tensor([v.min() for v in many]), torch.tensor([v.max() for v in many])
     edges, counts = row_histograms(rows_t, vals_t, len(many), lo, hi, 40)
     for r, v in enumerate(many):
-        assert counts[r].tolist() == np.histogram(v, 40)[0].tolist(), f"row {r} seed={SEED}"
+        want_edges, want_counts = numpy_histogram(v, 40)
+        assert counts[r].tolist() == want_counts.tolist(), f"row {r} seed={SEED}"
+        assert edges[r].numpy().tolist() == want_edges.tolist(), f"row {r} seed={SEED}"
     dense = torch.from_numpy(rng.normal(size=(3, 500)).astype(np.float32))
     dense[0, :41] = torch.arange(41.0)
     edges, counts = dense_histograms(dense, 40)
     for r in range(3):
-        assert counts[r].tolist() == np.histogram(dense[r].numpy(), 40)[0].tolist()
+        want_edges, want_counts = numpy_histogram(dense[r].numpy(), 40)
+        assert counts[r].tolist() == want_counts.tolist(), f"dense row {r} seed={SEED}"
+        assert edges[r].numpy().tolist() == want_edges.tolist(), f"dense row {r} seed={SEED}"
 
 
 @pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk"])

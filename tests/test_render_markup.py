@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from site_fixtures import DictSpec, PageParser, site_config, write_cache
 
-from sitegen.compute.feature_data import DictionarySummary
+from sitegen.cache.feature_data import DictionarySummary
 from sitegen.errors import SitegenError
 from sitegen.render import render_site
 from sitegen.render.markup import load_notes, load_pages, markdown_html, plain_snippet

@@ -26,8 +26,8 @@ from site_fixtures import (
 )
 
 from fixtures import HOSTILE
-from sitegen.compute.cache import read_features, write_batch
-from sitegen.compute.feature_data import Example, TokenValues
+from sitegen.cache.feature_data import DirectHover, Example
+from sitegen.cache.files import read_features, write_batch
 from sitegen.errors import SitegenError
 from sitegen.render import check_site, render_site
 from sitegen.render.assets import STATIC, static_markup
@@ -250,16 +250,15 @@ def test_overlapping_windows_share_records():
 
 def test_direct_hover_with_a_vanishing_coefficient():
     """coef > 0 so small that the changes at both ends round to one 24-bit float: the page
-    still lists the tokens the cache lists (the k lowest u first), all with the same change."""
+    still lists the k lowest u first (the sign of coef), all with the same change."""
     texts = token_table()
     fd = FeatureMaker(4).feature("sae", 0, 64, 640)
     ex = fd.top_examples[0]
     k = len(fd.hover_basis.token_ids) // 2
-    ids, u = fd.hover_basis.token_ids, fd.hover_basis.values
+    ids = fd.hover_basis.token_ids
     h = ex.hovers[ex.pos - ex.start]
+    assert isinstance(h, DirectHover)
     h.coef, h.shift = 1e-12, -0.25
-    h.top = TokenValues(ids[:k], [round(-h.coef * v - h.shift, 4) for v in u[:k]])
-    h.bottom = TokenValues(ids[k:], [round(-h.coef * v - h.shift, 4) for v in u[k:]])
     data = feature_page_json(fd, 0, (None, None), texts)
     assert same_examples(decoded_examples(data), expected_examples(fd, texts))
     shown = decoded_examples(data)[0][0]["hovers"][ex.pos - ex.start]

@@ -22,7 +22,7 @@ from site_fixtures import (
 from site_fixtures import site_config, write_cache
 
 from fixtures import HOSTILE
-from sitegen.compute.cache import read_features
+from sitegen.cache.files import read_features
 from sitegen.render import render_site
 from sitegen.render.markup import ALLOWED_TAGS
 from sitegen.sources.tokens import display_text

@@ -4,7 +4,6 @@ dictionaries read (and the residual streams the effects need), in memory or, ove
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -16,29 +15,28 @@ from transformer_lens import HookedTransformer
 
 from sitegen.compute.spill import Mappings
 from sitegen.errors import SitegenError
+from sitegen.hooks import EMBED_HOOKS, block_hook, hook_layer, hook_point
 
 MEMMAP_DIR = "activations.tmp"  # scratch under the cache folder: activation memmaps and spilled stores
-BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
-RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
-EMBED_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
 
 
 def final_resid_hook(model: HookedTransformer) -> str:
     """The residual stream the final norm reads."""
-    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    return block_hook(model.cfg.n_layers - 1, "hook_resid_post")
 
 
 def source_hook(hook_name: str) -> str:
     """The hook that sees the same tensor earliest: block L's input is block L-1's output."""
-    if (m := RESID_PRE.match(hook_name)) and int(m.group(1)) > 0:
-        return f"blocks.{int(m.group(1)) - 1}.hook_resid_post"
+    layer = hook_layer(hook_name)
+    if layer and hook_point(hook_name) == "hook_resid_pre":
+        return block_hook(layer - 1, "hook_resid_post")
     return hook_name
 
 
 def stop_layer(hook_name: str) -> int | None:
     """``stop_at_layer`` that still fires ``hook_name`` (None: run the whole model)."""
-    if m := BLOCK_HOOK.match(hook_name):
-        return int(m.group(1)) + 1
+    if (layer := hook_layer(hook_name)) is not None:
+        return layer + 1
     if hook_name in EMBED_HOOKS:
         return 0
     return None
@@ -46,8 +44,7 @@ def stop_layer(hook_name: str) -> int | None:
 
 def start_layer(hook_name: str) -> int | None:
     """``start_at_layer`` for a re-run that still fires ``hook_name`` (None: from the tokens)."""
-    m = BLOCK_HOOK.match(hook_name)
-    return int(m.group(1)) if m else None
+    return hook_layer(hook_name)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,21 +27,20 @@ from sitegen.compute.activations import (
     remove_scratch,
     start_layer,
 )
+from sitegen.cache.feature_data import DictionarySummary
+from sitegen.cache.files import batch_path, read_batch, read_json, write_batch, write_json
+from sitegen.cache.manifest import stale_reason
 from sitegen.compute.batch import DictionaryContext, batch_tensors
-from sitegen.compute.cache import batch_path, feature_data_from_dict, read_json, write_batch_text, write_json
 from sitegen.compute.correlations import unit_rows
 from sitegen.compute.effects import NormConvention, norm_convention
-from sitegen.compute.feature_data import DictionarySummary, FeatureData
-from sitegen.compute.manifest import manifest_head, stale_reason
-from sitegen.compute.serialise import batch_output
+from sitegen.compute.manifest import manifest_head
+from sitegen.compute.serialise import feature_data
 from sitegen.compute.store import NeuronActs, SparseActs
 from sitegen.errors import SitegenError
+from sitegen.hooks import block_hook
+from sitegen.report import log
 from sitegen.sources import Sources
 from sitegen.sources.dictionaries import post_norm
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 def batches_of(ids: list[int], size: int) -> list[list[int]]:
@@ -75,18 +73,6 @@ def remove_partial_files(cache_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def referenced_tokens(fd: FeatureData, ids: set[int]) -> None:
-    """Add the token ids a FeatureData shows anywhere to ``ids``."""
-    ids.update(fd.top_tokens.token_ids, fd.logit_top.token_ids, fd.logit_bottom.token_ids)
-    groups = [fd.top_examples] + [g.examples for g in fd.intervals] + ([fd.negative.examples] if fd.negative else [])
-    for examples in groups:
-        for ex in examples:
-            ids.update(ex.token_ids)
-            for h in ex.hovers:
-                if h is not None:
-                    ids.update(h.top.token_ids, h.bottom.token_ids)
-
-
 def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path, progress: bool) -> ActivationCache:
     """One model pass capturing what the dictionaries with missing batches need."""
     model, fc = src.model, src.config.features
@@ -100,13 +86,13 @@ def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path
         if effects == "direct" and (norm := post_norm(model, d.hook_name)):
             widths[f"{norm}.hook_scale"] = 1
         if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
-            widths[f"blocks.{layer}.hook_resid_pre"] = model.cfg.d_model
+            widths[block_hook(layer, "hook_resid_pre")] = model.cfg.d_model
     return capture_activations(model, src.data.tokens, widths, fc.token_batch_size, fc.activation_cache_mb,
                                cache_dir, progress)
 
 
-def context_for(src: Sources, i: int, cache: ActivationCache, cache_dir: Path, norm: NormConvention, directions,
-                progress: bool) -> DictionaryContext:
+def context_for(src: Sources, *, i: int, cache: ActivationCache, cache_dir: Path, norm: NormConvention,
+                directions: torch.Tensor | None, progress: bool) -> DictionaryContext:
     """The shared state of one dictionary's batches; its activation store gets what the captured
     activations leave of the budget, beyond which it goes to disk in the scratch folder."""
     d, model, data = src.dictionaries[i], src.model, src.data
@@ -121,11 +107,13 @@ def context_for(src: Sources, i: int, cache: ActivationCache, cache_dir: Path, n
     post_scale = cache.acts[f"{post}.hook_scale"].reshape(-1) if post else None
     start = None
     if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
-        start = cache.acts[f"blocks.{layer}.hook_resid_pre"].view(*data.tokens.shape, model.cfg.d_model)
+        start = cache.acts[block_hook(layer, "hook_resid_pre")].view(*data.tokens.shape, model.cfg.d_model)
     decoder = d.decoder().detach().float().cpu()
-    return DictionaryContext(i, d, acts, decoder, unit_rows(decoder), None if directions is None else
-                             directions.detach().float().cpu(), effects, norm, final, post_scale, start,
-                             src.config.seed, cache.release)
+    return DictionaryContext(
+        index=i, d=d, acts=acts, decoder=decoder, unit_decoder=unit_rows(decoder),
+        directions=None if directions is None else directions.detach().float().cpu(), effects=effects, norm=norm,
+        final=final, post_scale=post_scale, start=start, seed=src.config.seed, release=cache.release,
+    )
 
 
 def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True) -> dict:
@@ -146,13 +134,13 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
         old = read_json_or_none(cache_dir / "manifest.json")
         reason = "unreadable manifest" if old is None else stale_reason(old, head)
         if reason:
-            say(f"feature cache in {cache_dir.name}/ is stale ({reason}); recomputing")
+            log.info(f"feature cache in {cache_dir.name}/ is stale ({reason}); recomputing")
             clear_cache(cache_dir)
     missing = {i: [b for b in range(len(p)) if not batch_path(cache_dir, i, b).is_file()] for i, p in enumerate(plan)}
     total = sum(len(p) for p in plan)
     reused = total - sum(len(m) for m in missing.values())
     if reused:
-        say(f"reusing {reused} of {total} feature batches from an earlier build")
+        log.info(f"reusing {reused} of {total} feature batches from an earlier build")
     stats = {"n_tokens": int((~src.data.ignore).sum()), "n_sequences": len(src.data.tokens), "n_nonfinite": 0}
     write_json(cache_dir / "manifest.json", {**head, "complete": False, "stats": stats})
     seconds: dict[str, float] = {}
@@ -167,7 +155,8 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
             for i in todo:
                 name = src.dictionaries[i].name
                 t0 = time.perf_counter()
-                ctx = context_for(src, i, cache, cache_dir, norm, directions[i], progress)
+                ctx = context_for(src, i=i, cache=cache, cache_dir=cache_dir, norm=norm, directions=directions[i],
+                                  progress=progress)
                 seconds[f"encode {name}"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 todo_batches = [(b, plan[i][b]) for b in missing[i]]
@@ -183,9 +172,9 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     t0 = time.perf_counter()
     for i, p in enumerate(plan):
         for b in set(range(len(p))) - set(missing[i]):
-            for fd in read_json(batch_path(cache_dir, i, b)):
-                referenced_tokens(feature_data_from_dict(fd), tokens)
-                n_nonfinite += fd["n_nonfinite"]
+            for fd in read_batch(batch_path(cache_dir, i, b)):
+                tokens.update(fd.token_ids())
+                n_nonfinite += fd.n_nonfinite
     ordered = sorted(tokens)
     write_json(cache_dir / "tokens.json", {str(t): s for t, s in zip(ordered, src.token_texts(ordered))})
     stats["n_nonfinite"] = n_nonfinite
@@ -194,14 +183,14 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     seconds["finish"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     if progress:
-        say("feature cache: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+        log.info("feature cache: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     return {**manifest, "stats": {**stats, "model_passes": model_passes, "reused_batches": reused,
                                   "seconds": seconds}}
 
 
 @contextmanager
 def paused_gc() -> Iterator[None]:
-    """Cyclic GC off: a batch creates ~10^5 short-lived acyclic objects (its JSON pieces),
+    """Cyclic GC off: a batch creates ~10^5 short-lived acyclic objects (its FeatureData),
     and the collector's repeated scans of them would double the time spent on them."""
     was = gc.isenabled()
     gc.disable()
@@ -220,10 +209,11 @@ def write_batches(src: Sources, ctx: DictionaryContext, cache_dir: Path, batches
     n_nonfinite = 0
     with paused_gc():
         for b, ids in tqdm(batches, desc=f"features {ctx.d.name}", unit="batch", disable=not progress):
-            out = batch_output(batch_tensors(src.model, src.data.tokens, src.config.features, ctx, ids))
-            write_batch_text(cache_dir, ctx.index, b, out.text)
-            tokens.update(out.token_ids)
-            n_nonfinite += out.n_nonfinite
+            features = feature_data(batch_tensors(src.model, src.data.tokens, src.config.features, ctx, ids))
+            write_batch(cache_dir, ctx.index, b, features)
+            for fd in features:
+                tokens.update(fd.token_ids())
+                n_nonfinite += fd.n_nonfinite
             ctx.release()
             ctx.acts.release()
     return n_nonfinite

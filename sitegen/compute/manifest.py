@@ -1,4 +1,5 @@
-"""The cache manifest: what the cache was built from, and whether it still matches.
+"""The cache manifest's head: what the cache was built from (config keys, input
+fingerprints, provenance); ``cache.manifest`` says whether it still matches.
 
 Nothing time- or machine-dependent goes into it (no timestamps, no absolute
 paths, no timings), so an interrupted and resumed build writes the same bytes
@@ -8,33 +9,12 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 
 from sitegen import __version__
-from sitegen.compute.feature_data import FORMAT_VERSION, DictionarySummary
-from sitegen.config import Config
+from sitegen.cache.feature_data import FORMAT_VERSION, DictionarySummary
+from sitegen.cache.manifest import config_hash, config_keys
 from sitegen.sources import Sources
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def config_sections(cfg: Config) -> dict[str, str]:
-    """Hash of each config section the feature data depends on (not site/out)."""
-    return {
-        "features": _digest(dataclasses.asdict(cfg.features)),
-        "dataset": _digest(dataclasses.asdict(cfg.dataset)),
-        "model": _digest(dataclasses.asdict(cfg.model)),
-        "dictionaries": _digest([dataclasses.asdict(d) for d in cfg.dictionaries]),
-        "seed": _digest(cfg.seed),
-    }
-
-
-def config_hash(cfg: Config) -> str:
-    return _digest(config_sections(cfg))
 
 
 def _portable(path: str) -> str:
@@ -63,27 +43,9 @@ def manifest_head(src: Sources, summaries: list[DictionarySummary], n_batches: l
     return {
         "format": FORMAT_VERSION,
         "config_hash": config_hash(src.config),
-        "config_sections": config_sections(src.config),
+        "config_keys": config_keys(src.config),
         "fingerprints": dict(src.fingerprints),
         "dictionaries": [dataclasses.asdict(s) for s in summaries],
         "batches": {str(i): n for i, n in enumerate(n_batches)},
         "provenance": provenance(src),
     }
-
-
-def stale_reason(old: dict, head: dict) -> str | None:
-    """Why a cache with manifest ``old`` cannot be reused for ``head`` (None: it can)."""
-    if old.get("format") != head["format"]:
-        return f"cache format {old.get('format')} != {head['format']}"
-    old_version = old.get("provenance", {}).get("sitegen_version")
-    if old_version != __version__:
-        return f"built by sitegen {old_version}, this is {__version__}"
-    old_fp, new_fp = old.get("fingerprints", {}), head["fingerprints"]
-    changed = sorted(k for k in set(old_fp) | set(new_fp) if old_fp.get(k) != new_fp.get(k))
-    if changed:
-        return "changed input: " + ", ".join(changed)
-    if old.get("config_hash") != head["config_hash"]:
-        old_sec = old.get("config_sections", {})
-        sections = [k for k, v in head["config_sections"].items() if old_sec.get(k) != v]
-        return "changed config: " + ", ".join(sections or ["(unknown)"])
-    return None

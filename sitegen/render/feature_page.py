@@ -48,20 +48,21 @@ Any other hovers (``exact``, soft-capped logits) are listed in full::
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 
-from sitegen.compute.feature_data import (
+from sitegen.cache.feature_data import (
     DictionarySummary,
+    DirectHover,
     Example,
     FeatureData,
-    Hover,
     IntervalGroup,
+    ListedHover,
     Ranked,
     TokenValues,
 )
 from sitegen.errors import SitegenError
+from sitegen.hooks import hook_layer
 from sitegen.render.embed import compact_number, compact_numbers, float24, packed_floats
 
 SCHEMA_VERSION = 2
@@ -78,11 +79,6 @@ RANKED_TABLES = [
     ("decoder_neighbours", "Decoder neighbours", "features with the most similar decoder directions",
      "feature", "cosine", None, True),
 ]
-
-
-def hook_layer(hook_name: str) -> int | None:
-    match = re.match(r"^blocks\.(\d+)\.", hook_name)
-    return int(match.group(1)) if match else None
 
 
 def token_text(texts: dict[int, str], token_id: int) -> str:
@@ -111,40 +107,31 @@ def _group_examples(group: IntervalGroup | list[Example]) -> list[Example]:
     return group.examples if isinstance(group, IntervalGroup) else group
 
 
-def _examples(fd: FeatureData) -> list[Example]:
-    return [ex for group in example_groups(fd) for ex in _group_examples(group)]
-
-
-def direct_encoding(fd: FeatureData) -> bool:
-    """Every hover carries its direct parameters and lists the basis tokens its sign selects."""
-    ids, k = fd.hover_basis.token_ids, len(fd.hover_basis.token_ids) // 2
-    if not ids:
-        return False
-    for ex in _examples(fd):
-        for h in ex.hovers:
-            if h is None:
-                continue
-            if h.coef is None or h.shift is None:
-                return False
-            up, down = (ids[:k], ids[k:]) if h.coef > 0 else (ids[k:], ids[:k])
-            if h.top.token_ids != up or h.bottom.token_ids != down:
-                return False
-    return True
+def direct_page(fd: FeatureData) -> bool:
+    """Whether the page ships its hovers in the direct encoding: every hover is a DirectHover
+    (or there is none) and the feature has a hover basis."""
+    kinds = {type(h) for ex in fd.examples() for h in ex.hovers if h is not None}
+    if kinds == {DirectHover, ListedHover}:
+        raise SitegenError(f"feature cache: feature {fd.feature} of '{fd.dictionary}' mixes direct and listed "
+                           "hovers; rebuild the cache")
+    if DirectHover in kinds and not fd.hover_basis.token_ids:
+        raise SitegenError(f"feature cache: feature {fd.feature} of '{fd.dictionary}' has direct hovers but no "
+                           "hover basis; rebuild the cache")
+    return bool(fd.hover_basis.token_ids) and ListedHover not in kinds
 
 
 def _used_token_ids(fd: FeatureData, direct: bool) -> Counter:
     used: Counter = Counter(fd.hover_basis.token_ids if direct else [])
-    for ex in _examples(fd):
+    for ex in fd.examples():
         used.update(ex.token_ids)
-        if not direct:
-            for h in ex.hovers:
-                if h is not None:
-                    used.update(h.top.token_ids)
-                    used.update(h.bottom.token_ids)
+        for h in ex.hovers:
+            if isinstance(h, ListedHover):
+                used.update(h.top.token_ids)
+                used.update(h.bottom.token_ids)
     return used
 
 
-def _hover_fields(h: Hover, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
+def _hover_fields(h: ListedHover, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
     if len(h.top.token_ids) != len(h.top.values) or len(h.bottom.token_ids) != len(h.bottom.values):
         raise SitegenError("feature cache: a hover's token ids and values differ in length; rebuild the cache")
     top = tuple(tokens.index[i] for i in h.top.token_ids)
@@ -157,7 +144,7 @@ def _hover_fields(h: Hover, tokens: TokenIndex, lists: dict[tuple, int]) -> list
 
 def _listed_example(ex: Example, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
     active = [
-        [k, compact_number(a), *([] if h is None else _hover_fields(h, tokens, lists))]
+        [k, compact_number(a), *(_hover_fields(h, tokens, lists) if isinstance(h, ListedHover) else [])]
         for k, (a, h) in enumerate(zip(ex.acts, ex.hovers)) if a != 0 or h is not None
     ]
     return [ex.seq, ex.pos, ex.start, [tokens.index[i] for i in ex.token_ids], active]
@@ -172,7 +159,7 @@ class DirectRecords:
         self.values: list[float] = []  # 4 per record
         self.seen: dict[tuple[int, int], list[float]] = {}
 
-    def record(self, a: float, h: Hover | None) -> list[float]:
+    def record(self, a: float, h: DirectHover | None) -> list[float]:
         if h is None:
             return [a, NAN, NAN, NAN]
         low, high = float24(-h.coef * self.u_min - h.shift), float24(-h.coef * self.u_max - h.shift)
@@ -186,7 +173,7 @@ class DirectRecords:
             if a == 0 and h is None:
                 continue
             offsets.append(k)
-            record, key = self.record(a, h), (ex.seq, ex.start + k)
+            record, key = self.record(a, h if isinstance(h, DirectHover) else None), (ex.seq, ex.start + k)
             if key not in self.seen:
                 self.seen[key] = record
                 self.values.extend(record)
@@ -199,7 +186,7 @@ class DirectRecords:
 
 def feature_page_json(fd: FeatureData, dict_index: int, nav: tuple[int | None, int | None],
                       texts: dict[int, str]) -> dict:
-    direct = direct_encoding(fd)
+    direct = direct_page(fd)
     tokens = TokenIndex(_used_token_ids(fd, direct), texts)
     out = {
         "v": SCHEMA_VERSION,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from sitegen.compute.feature_data import FeatureData
+from sitegen.cache.feature_data import FeatureData
 from sitegen.render.embed import compact_number, script_safe_json
 from sitegen.render.feature_page import token_text
 

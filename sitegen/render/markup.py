@@ -17,7 +17,7 @@ import nh3
 import yaml
 from markupsafe import Markup
 
-from sitegen.compute.feature_data import DictionarySummary
+from sitegen.cache.feature_data import DictionarySummary
 from sitegen.errors import SitegenError
 
 ALLOWED_TAGS = {

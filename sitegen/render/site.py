@@ -18,8 +18,9 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from sitegen.compute.cache import dictionary_summaries, read_features, read_manifest, read_token_table
-from sitegen.compute.feature_data import DictionarySummary, FeatureData
+from sitegen.cache.feature_data import DictionarySummary, FeatureData
+from sitegen.cache.files import dictionary_summaries, read_features, read_token_table
+from sitegen.cache.manifest import read_manifest
 from sitegen.config import Config
 from sitegen.errors import SitegenError
 from sitegen.render.assets import bundled_dir, static_markup

@@ -6,7 +6,6 @@ The engine sees only the ``Dictionary`` interface below.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,10 +15,7 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from sitegen.config import Config, DictionaryConfig
 from sitegen.errors import SitegenError
-
-RESID_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out)$")
-MLP_POST_HOOK = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
-ATTN_Z_HOOK = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
+from sitegen.hooks import ATTN_Z, MLP_POST, block_hook, hook_layer, hook_point, is_resid_hook
 
 
 class Dictionary(Protocol):
@@ -47,22 +43,14 @@ class Dictionary(Protocol):
         stream, or None where the hook is not linearly tied to it."""
 
 
-def hook_layer(hook_name: str) -> int:
-    match = re.match(r"^blocks\.(\d+)\.", hook_name)
-    return int(match.group(1)) if match else 0
-
-
 def post_norm(model: HookedTransformer, hook_name: str) -> str | None:
     """The norm between the sub-layer that ``hook_name`` feeds and the residual stream (Gemma
     2/3's ``ln1_post``/``ln2_post``, OLMo-2-style post-norm ``ln1``/``ln2``), as a module
     name whose ``hook_scale`` the effects freeze; None where the sub-layer output is added as is."""
-    if m := MLP_POST_HOOK.match(hook_name):
-        which = 2
-    elif m := ATTN_Z_HOOK.match(hook_name):
-        which = 1
-    else:
+    layer, point = hook_layer(hook_name), hook_point(hook_name)
+    if layer is None or point not in (MLP_POST, ATTN_Z):
         return None
-    name = f"blocks.{m.group(1)}.ln{which}"
+    name = block_hook(layer, "ln2" if point == MLP_POST else "ln1")
     if model.cfg.use_normalization_before_and_after:
         name += "_post"
     elif model.cfg.original_architecture not in POST_NORM_ARCHITECTURES:
@@ -86,12 +74,13 @@ def through_post_norm(model: HookedTransformer, hook_name: str, w: torch.Tensor)
 def to_residual(model: HookedTransformer, hook_name: str, w: torch.Tensor) -> torch.Tensor | None:
     """Map [n, d_in] directions at ``hook_name`` into the residual stream (per unit of the hook,
     with any post-norm's scale frozen: the engine divides activations by it per position)."""
-    if RESID_HOOK.match(hook_name):
+    if is_resid_hook(hook_name):
         return w
-    if m := MLP_POST_HOOK.match(hook_name):
-        return through_post_norm(model, hook_name, w @ model.blocks[int(m.group(1))].mlp.W_out)
-    if m := ATTN_Z_HOOK.match(hook_name):
-        w_o = model.blocks[int(m.group(1))].attn.W_O  # [n_heads, d_head, d_model]
+    layer, point = hook_layer(hook_name), hook_point(hook_name)
+    if layer is not None and point == MLP_POST:
+        return through_post_norm(model, hook_name, w @ model.blocks[layer].mlp.W_out)
+    if layer is not None and point == ATTN_Z:
+        w_o = model.blocks[layer].attn.W_O  # [n_heads, d_head, d_model]
         return through_post_norm(model, hook_name, w.reshape(w.shape[0], *w_o.shape[:2]).flatten(1) @ w_o.flatten(0, 1))
     return None
 
@@ -167,7 +156,7 @@ class NeuronDictionary:
     needs_full_encode: bool = False
 
     def __post_init__(self) -> None:
-        self.hook_name = f"blocks.{self.layer}.mlp.hook_post"
+        self.hook_name = block_hook(self.layer, MLP_POST)
         self.d_in = self.d_sae = int(self.model.cfg.d_mlp)
 
     def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,9 +193,10 @@ def hook_width(model: HookedTransformer, hook_name: str) -> int | None:
     if hook_name not in model.hook_dict:
         return None
     cfg = model.cfg
-    if ATTN_Z_HOOK.match(hook_name):
+    point = hook_point(hook_name)
+    if point == ATTN_Z:
         return cfg.n_heads * cfg.d_head
-    if MLP_POST_HOOK.match(hook_name) or hook_name.endswith("mlp.hook_pre"):
+    if point in (MLP_POST, "mlp.hook_pre"):
         return cfg.d_mlp
     return cfg.d_model
 

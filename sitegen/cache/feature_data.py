@@ -1,9 +1,10 @@
 """FeatureData: every number one feature's dashboard shows, as plain typed data.
 
-Produced by ``sitegen.compute`` and consumed by ``sitegen.render``. Token ids are
-kept as ints; the renderer turns them into strings through ``TokenTable``.
-Floats are rounded to the precision a page shows (see ``rounded``) before caching.
-Serialisation: ``cache.dumps_features`` / ``cache.feature_data_from_dict``.
+Produced by ``sitegen.compute`` and consumed by ``sitegen.render``; this module and the
+rest of ``sitegen.cache`` import no torch. Token ids are kept as ints; the renderer turns
+them into strings through ``tokens.json``. Floats are rounded to the precision a page
+shows before caching. Serialisation: ``cache.files.features_json`` /
+``cache.files.feature_data_from_dict``: the JSON of a dataclass is its fields.
 """
 
 from __future__ import annotations
@@ -28,22 +29,30 @@ class TokenValues:
 
 
 @dataclass
-class Hover:
-    """What removing this feature does to the next-token prediction at one position
-    (effects "direct": removed at that position, direct path through the final norm with
-    its scale frozen; "exact": removed at every counted position of the sequence, the
-    model re-run)."""
+class DirectHover:
+    """What removing the feature at this position does to the next-token prediction there,
+    on the direct path (``effects: direct`` without a logit soft-cap): the final residual
+    loses activation * direction, the final norm's scale (and a post-norm's) frozen at its
+    clean value, so every log-prob change is -coef * u[t] - shift, with u the feature's
+    logit effects. Pages list the changes at ``FeatureData.hover_basis``'s tokens."""
+
+    coef: float  # activation / frozen norm scale(s) (7 significant digits)
+    loss_effect: float  # change in next-token loss (nats); < 0: the feature hurt, > 0: it helped
+    shift: float  # change of the log-sum-exp of the logits (7 significant digits)
+
+
+@dataclass
+class ListedHover:
+    """What removing the feature at this position does to the next-token prediction there,
+    with its listed tokens (``effects: exact``: the model re-run with the feature removed at
+    this position only, the SAE error kept; or ``direct`` under a logit soft-cap)."""
 
     loss_effect: float  # change in next-token loss (nats); < 0: the feature hurt, > 0: it helped
     top: TokenValues  # largest log-prob increases when the feature is removed
     bottom: TokenValues  # largest log-prob decreases when the feature is removed
-    # "direct" effects without a logit soft-cap: every log-prob change is -coef * u[t] - shift,
-    # u the feature's logit effects (FeatureData.hover_basis), coef = activation / frozen norm
-    # scale(s), shift = change of the log-sum-exp (7 significant digits); None otherwise.
-    # The cache stores such a hover without top and bottom, which follow from these
-    # (cache.stored_form, cache.direct_lists)
-    coef: float | None = None
-    shift: float | None = None
+
+
+Hover = DirectHover | ListedHover
 
 
 @dataclass
@@ -106,6 +115,22 @@ class FeatureData:
     # the logit effects u at the tokens direct hovers list: the hover_top lowest (u ascending),
     # then the hover_top highest (u descending), 7 significant digits; empty without direct hovers
     hover_basis: TokenValues = field(default_factory=lambda: TokenValues([], []))
+
+    def examples(self) -> list[Example]:
+        """Every shown example: top, intervals, negative."""
+        groups = [*self.intervals, *([self.negative] if self.negative else [])]
+        return [*self.top_examples, *(ex for g in groups if g is not None for ex in g.examples)]
+
+    def token_ids(self) -> set[int]:
+        """Every token id the feature's page shows (``tokens.json`` must have their texts)."""
+        ids = {*self.top_tokens.token_ids, *self.logit_top.token_ids, *self.logit_bottom.token_ids,
+               *self.hover_basis.token_ids}
+        for ex in self.examples():
+            ids.update(ex.token_ids)
+            for h in ex.hovers:
+                if isinstance(h, ListedHover):
+                    ids.update(h.top.token_ids, h.bottom.token_ids)
+        return ids
 
 
 @dataclass

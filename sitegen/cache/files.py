@@ -1,0 +1,154 @@
+"""The cache folder's files: written atomically, read back into FeatureData.
+
+Layout of ``<cache>/``:
+- ``manifest.json``: format version, config hash, input fingerprints, dictionary
+  summaries, build statistics; ``complete`` is true once every batch is written.
+- ``tokens.json``: ``{token_id: display text}`` for every token id any FeatureData uses.
+- ``features/<dictionary index>/<batch:05d>.json``: a JSON list of FeatureData, each
+  dataclass as an object of its fields (``features_json``; orjson, which also measured
+  faster than writing the text by hand: benchmarks/bench_serialise.py).
+
+Every file is written atomically (temp file + fsync + rename), so an interrupted
+build leaves only whole files, and a rerun resumes at the first missing batch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from sitegen.cache.feature_data import (
+    DictionarySummary,
+    DirectHover,
+    Example,
+    FeatureData,
+    Histogram,
+    Hover,
+    IntervalGroup,
+    ListedHover,
+    Ranked,
+    TokenValues,
+)
+from sitegen.errors import SitegenError
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to ``path`` so readers see the old file or the whole new one; an OSError
+    becomes a one-line SitegenError naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise SitegenError(f"{path}: cannot write ({err.strerror or err})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise SitegenError(f"{path}: cannot write ({err.strerror or err})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dumps(obj: Any) -> bytes:
+    """Deterministic JSON: dict keys sorted, dataclasses as their fields in order. orjson writes
+    NaN as null: callers pass finite floats (compute.rounding.rounded raises on any other)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, dumps(obj))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as err:
+        raise SitegenError(f"{path}: unreadable cache file ({err})") from None
+
+
+def batch_path(cache: Path, dict_index: int, batch: int) -> Path:
+    return cache / "features" / str(dict_index) / f"{batch:05d}.json"
+
+
+def features_json(features: list[FeatureData]) -> bytes:
+    """A batch file's bytes."""
+    return dumps(features)
+
+
+def write_batch(cache: Path, dict_index: int, batch: int, features: list[FeatureData]) -> None:
+    write_atomic(batch_path(cache, dict_index, batch), features_json(features))
+
+
+def _token_values(d: dict) -> TokenValues:
+    return TokenValues(d["token_ids"], d["values"])
+
+
+def _hover(h: dict | None) -> Hover | None:
+    if h is None:
+        return None
+    if "coef" in h:
+        return DirectHover(h["coef"], h["loss_effect"], h["shift"])
+    return ListedHover(h["loss_effect"], _token_values(h["top"]), _token_values(h["bottom"]))
+
+
+def _example(d: dict) -> Example:
+    return Example(d["seq"], d["pos"], d["start"], d["token_ids"], d["acts"], [_hover(h) for h in d["hovers"]])
+
+
+def _group(d: dict | None) -> IntervalGroup | None:
+    if d is None:
+        return None
+    return IntervalGroup(d["lower"], d["upper"], d["fraction"], [_example(e) for e in d["examples"]])
+
+
+def feature_data_from_dict(d: dict) -> FeatureData:
+    """A FeatureData from its JSON object (as read from a batch file)."""
+    return FeatureData(
+        **{
+            **d,
+            "act_histogram": Histogram(**d["act_histogram"]),
+            "top_examples": [_example(e) for e in d["top_examples"]],
+            "intervals": [_group(g) for g in d["intervals"]],
+            "negative": _group(d["negative"]),
+            "logit_top": _token_values(d["logit_top"]),
+            "logit_bottom": _token_values(d["logit_bottom"]),
+            "logit_histogram": Histogram(**d["logit_histogram"]),
+            "neuron_alignment": Ranked(**d["neuron_alignment"]),
+            "correlated_neurons": Ranked(**d["correlated_neurons"]),
+            "correlated_features": Ranked(**d["correlated_features"]),
+            "decoder_neighbours": Ranked(**d["decoder_neighbours"]),
+            "top_tokens": _token_values(d["top_tokens"]),
+            "hover_basis": _token_values(d["hover_basis"]),
+        }
+    )
+
+
+def read_batch(path: Path) -> list[FeatureData]:
+    data = read_json(path)
+    try:
+        return [feature_data_from_dict(d) for d in data]
+    except (KeyError, TypeError) as err:
+        raise SitegenError(f"{path}: not a feature batch of this sitegen ({err}); rebuild the cache") from None
+
+
+def read_features(cache: Path, dict_index: int) -> Iterator[FeatureData]:
+    """Every cached FeatureData of one dictionary, in feature order."""
+    for path in sorted((cache / "features" / str(dict_index)).glob("*.json")):
+        yield from read_batch(path)
+
+
+def read_token_table(cache: Path) -> dict[int, str]:
+    return {int(k): v for k, v in read_json(cache / "tokens.json").items()}
+
+
+def dictionary_summaries(manifest: dict) -> list[DictionarySummary]:
+    return [DictionarySummary(**d) for d in manifest["dictionaries"]]

@@ -1,0 +1,83 @@
+"""The manifest's torch-free half: what config a cache was built from, and whether it still
+matches one (``sitegen render`` checks this without loading any model).
+
+The config is hashed key by key (``config_keys``: one digest per dotted key of the sections
+the feature data depends on, not ``site``/``out``/``cache``), so a stale cache can say
+exactly which keys changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from sitegen import __version__
+from sitegen.cache.feature_data import FORMAT_VERSION
+from sitegen.cache.files import read_json
+from sitegen.config import Config
+from sitegen.errors import SitegenError
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def config_keys(cfg: Config) -> dict[str, str]:
+    """Digest of each config key the feature data depends on: ``features.<key>``,
+    ``dataset.<key>``, ``model.<key>``, ``dictionaries[i].<key>``, ``seed``."""
+    keys = {"seed": _digest(cfg.seed), "dictionaries": _digest(len(cfg.dictionaries))}
+    sections: list[tuple[str, Any]] = [("features", cfg.features), ("dataset", cfg.dataset), ("model", cfg.model)]
+    sections += [(f"dictionaries[{i}]", d) for i, d in enumerate(cfg.dictionaries)]
+    for prefix, section in sections:
+        keys.update({f"{prefix}.{k}": _digest(v) for k, v in dataclasses.asdict(section).items()})
+    return keys
+
+
+def config_hash(cfg: Config) -> str:
+    return _digest(config_keys(cfg))
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def stale_reason(old: dict, head: dict) -> str | None:
+    """Why a cache with manifest ``old`` cannot be reused for ``head`` (None: it can)."""
+    if old.get("format") != head["format"]:
+        return f"cache format {old.get('format')} != {head['format']}"
+    old_version = old.get("provenance", {}).get("sitegen_version")
+    if old_version != __version__:
+        return f"built by sitegen {old_version}, this is {__version__}"
+    changed = changed_keys(old.get("fingerprints", {}), head["fingerprints"])
+    if changed:
+        return "changed input: " + ", ".join(changed)
+    if old.get("config_hash") != head["config_hash"]:
+        return "changed config: " + ", ".join(changed_keys(old.get("config_keys", {}), head["config_keys"]))
+    return None
+
+
+def read_manifest(cache: Path) -> dict:
+    path = cache / "manifest.json"
+    if not path.is_file():
+        raise SitegenError(f"{path}: no feature cache here; run 'sitegen build' first")
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise SitegenError(f"{path}: cache format {found} != {FORMAT_VERSION}; rebuild")
+    return manifest
+
+
+def renderable_manifest(cache: Path, cfg: Config) -> dict:
+    """The manifest of a complete cache built from ``cfg``; a one-line SitegenError naming the
+    changed keys where the config has changed since (``sitegen render`` never shows stale data)."""
+    manifest = read_manifest(cache)
+    if not manifest.get("complete"):
+        raise SitegenError(f"{cache}: the feature cache is incomplete; run 'sitegen build' to finish it")
+    if manifest.get("config_hash") != config_hash(cfg):
+        changed = changed_keys(manifest.get("config_keys", {}), config_keys(cfg)) or ["(unknown)"]
+        raise SitegenError(f"{cache}: built from another config (changed: {', '.join(changed)}); "
+                           "run 'sitegen build' to update it")
+    return manifest
