@@ -22,9 +22,15 @@
   function changes(side, r) {
     var big = Math.max(Math.abs(r[2]), Math.abs(r[3])), places = big ? Math.floor(4.82 - Math.log10(big)) : 0;
     return [side[0], side[1].map(function (u) {
-      var v = r[2] + (u - uMin) / (uMax - uMin || 1) * (r[3] - r[2]);
-      return r4(+v.toFixed(Math.min(Math.max(places, 0), 100)));
+      return shownChange(r[2] + (u - uMin) / (uMax - uMin || 1) * (r[3] - r[2]), Math.min(Math.max(places, 0), 100));
     })];
+  }
+  // v to 4 significant digits but at most `places` (0..100) decimals, whichever is coarser, rounded
+  // once from the double v: toPrecision and toFixed round its exact binary value, halves away from
+  // 0 (ECMA-262). Rounding to `places` first, then to 4 digits, rounded twice (-1.15554 -> -1.155).
+  function shownChange(v, places) {
+    var e = v ? +v.toExponential().split("e")[1] : 0;  // v's decimal exponent
+    return +(e + places >= 3 ? v.toPrecision(4) : v.toFixed(places));
   }
   function listed(a) {  // [offset, act, loss, list, changes..., list, changes...]
     var up = D.lists[a[3]], at = 4 + up.length, down = D.lists[a[at]];

@@ -7,14 +7,18 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import math
+import random
 import shutil
+import struct
 import tempfile
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pytest
-from site_fixtures import DictSpec, decoded_examples, page_json, site_config, write_cache
+from site_fixtures import DictSpec, decoded_examples, page_json, shown_change, site_config, write_cache
 
 from sitegen.render import render_site
 
@@ -55,7 +59,15 @@ def driver():
     profile = tempfile.mkdtemp(prefix="sitegen-chromium-")
     opts.add_argument(f"--user-data-dir={profile}")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    with pytest.MonkeyPatch.context() as env:
+        # Selenium Manager (a binary that may go online) must never run. With the driver's path
+        # given, Selenium skips it (DriverFinder), and the browser's is given too; should a
+        # version call it anyway, it runs /bin/false and the driver fails to start (SE_OFFLINE
+        # and SE_AVOID_STATS: for a Selenium that ignores SE_MANAGER_PATH).
+        for name, value in (("SE_MANAGER_PATH", "/bin/false"), ("SE_OFFLINE", "true"), ("SE_AVOID_STATS", "true")):
+            env.setenv(name, value)
+        env.delenv("SE_CHROMEDRIVER", raising=False)  # it would replace the driver path given
+        drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
     yield drv
     drv.quit()
     shutil.rmtree(profile, ignore_errors=True)
@@ -142,6 +154,67 @@ def js_number(x: float) -> str:
         return np.format_float_positional(x, trim="-")
     mantissa, exponent = repr(x).split("e")
     return f"{mantissa}e{int(exponent):+d}"
+
+
+def float24(x: float) -> float:
+    """``x`` as a page's 24-bit float (float32 less its low byte, as embed.packed_floats writes it)."""
+    return struct.unpack(">f", struct.pack(">f", x)[:3] + b"\0")[0]
+
+
+def change_cases(rng: random.Random, n: int) -> list[tuple[float, int]]:
+    """(value, places) pairs of four kinds: changes as ``changes`` interpolates them, short
+    decimals (near the halves where rounding twice goes wrong), exact binary halves, any double."""
+    cases = []
+    for k in range(n):
+        sign, e = rng.choice((-1, 1)), rng.randint(-9, 8)
+        if k % 4 == 0:
+            ends = [float24(rng.choice((-1, 1)) * 10 ** rng.uniform(-6, 3)) for _ in range(2)]
+            t = rng.random()
+            v = ends[0] + t * (ends[1] - ends[0])
+            big = max(map(abs, ends))
+            cases.append((v, min(max(math.floor(4.82 - math.log10(big)), 0), 100) if big else 0))
+            continue
+        if k % 4 == 1:
+            digits = rng.randint(1, 8)
+            v = sign * float(Decimal(rng.randrange(10 ** (digits - 1), 10**digits)).scaleb(e - digits + 1))
+        elif k % 4 == 2:
+            v = sign * (2 * rng.randrange(10**4) + 1) / 2 ** rng.randint(1, 12)
+            e = math.floor(math.log10(abs(v)))
+        else:
+            v = sign * 10 ** rng.uniform(-9, 9)
+            e = math.floor(math.log10(abs(v)))
+        cases.append((v, rng.choice((rng.randint(max(0, 1 - e), max(0, 6 - e)), rng.randint(0, 100)))))
+    return cases
+
+
+def page_function(html: str, name: str) -> str:
+    """The source of the function ``name`` in a page's inlined script (no brace in its strings)."""
+    start = html.index(f"function {name}(")
+    depth, i = 0, html.index("{", start)
+    while True:
+        depth += {"{": 1, "}": -1}.get(html[i], 0)
+        if depth == 0:
+            return html[start: i + 1]
+        i += 1
+
+
+def test_log_prob_changes_are_rounded_once(driver, site):
+    """The page's own ``shownChange``, run in Chromium on many fresh values, against a
+    correctly rounded reference."""
+    fixed = [(-1.15555, 4, -1.156), (-1.31444, 4, -1.314),
+             (-1.15554, 4, -1.156), (-1.31446, 4, -1.314),  # rounded twice: -1.155, -1.315
+             (0.125, 2, 0.13), (-2.5, 0, -3.0), (12345.0, 0, 12350.0), (9.99996, 4, 10.0), (-4e-5, 4, 0.0)]
+    assert [shown_change(v, places) for v, places, _ in fixed] == [want for *_, want in fixed]
+    seed = random.randrange(10**9)
+    cases = [(v, places) for v, places, _ in fixed] + change_cases(random.Random(seed), 20000)
+    source = page_function((site / "features" / "0" / "2.html").read_text(encoding="utf-8"), "shownChange")
+    open_page(driver, "about:blank")
+    got = driver.execute_script(source + "\nreturn arguments[0].map(function (c) { return shownChange(c[0], c[1]); });",
+                                cases)
+    wrong = [(v, places, g, shown_change(v, places)) for (v, places), g in zip(cases, got)
+             if float(g) != shown_change(v, places)]
+    assert len(got) == len(cases) and not wrong, \
+        f"seed={seed}: {len(wrong)} of {len(cases)} (value, places, shown, correct) differ, e.g. {wrong[:5]}"
 
 
 @pytest.mark.parametrize("page", ["features/0/2.html", "features/2/1.html"], ids=["direct", "listed"])
