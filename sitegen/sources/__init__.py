@@ -9,6 +9,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sitegen.config import Config
+from sitegen.report import log
 from sitegen.sources.dataset import TokenData, load_tokens
 from sitegen.sources.dictionaries import Dictionary, load_dictionary
 from sitegen.sources.model import load_model
@@ -35,19 +36,21 @@ def tensor_digest(tensors: list[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def load_sources(cfg: Config, progress=None) -> Sources:
-    """Load everything the config names; raises SitegenError on bad input."""
-    step = progress or (lambda msg: None)
-    step("loading model")
+def load_sources(cfg: Config) -> Sources:
+    """Load everything the config names; raises SitegenError on bad input. Says what it does,
+    and any notice about the dataset, through the ``sitegen`` logger."""
+    log.info("[sitegen] loading model")
     model = load_model(cfg)
-    step("loading dictionaries")
+    log.info("[sitegen] loading dictionaries")
     dictionaries = [
         load_dictionary(model, dc, cfg, f"dictionaries[{i}]") for i, dc in enumerate(cfg.dictionaries)
     ]
-    step("tokenising dataset")
+    log.info("[sitegen] tokenising dataset")
     tok = model.tokenizer
     bos = None if tok is None else tok.bos_token_id
     data = load_tokens(cfg, tok, bos, model.cfg.d_vocab)
+    if data.notice:
+        log.info(f"[sitegen] {data.notice}")
     fingerprints = {
         "model": tensor_digest(list(model.state_dict().values())),
         "dataset": tensor_digest([data.tokens, data.ignore]),

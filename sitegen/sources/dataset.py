@@ -5,14 +5,17 @@ a text field, one document per line; an HF dataset when the hub is reachable) ar
 tokenised per document and cut into full windows of ``context_length`` tokens (BOS
 first when ``prepend_bos``); a document's tail shorter than a window is dropped.
 Pre-tokenised ``.npy``/``.pt`` arrays ([n, ctx] or a 1-D stream) are cut the same way.
-Documents are shuffled with ``dataset.seed`` and windows taken (at most 1/16 of
-them from any one document) until ``max_tokens``.
+Documents are shuffled with ``dataset.seed`` and windows taken until ``max_tokens``,
+at most ``dataset.max_document_share`` of them from any one document (no cap when
+there is a single document); when that cap leaves the dataset short of ``max_tokens``,
+``TokenData.notice`` says so.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from sitegen.config import Config
+from sitegen.config import Config, DatasetConfig
 from sitegen.errors import SitegenError
 
 TOKEN_SUFFIXES = (".npy", ".pt")
@@ -32,6 +35,7 @@ class TokenData:
     tokens: torch.Tensor  # [n_seq, ctx] int64
     ignore: torch.Tensor  # [n_seq, ctx] bool: positions left out of every statistic (BOS)
     n_documents: int  # documents that contributed at least one window
+    notice: str | None = None  # one line when dataset.max_document_share left the dataset short
 
 
 def matched_files(cfg: Config) -> list[Path]:
@@ -76,8 +80,10 @@ def hf_documents(cfg: Config) -> Iterator[str]:
 
     if not hub_reachable():
         raise SitegenError(f"dataset.hf_name: '{cfg.dataset.hf_name}' needs the Hugging Face hub, which is unreachable")
-    import datasets
-
+    try:
+        import datasets
+    except ModuleNotFoundError:
+        raise SitegenError('dataset.hf_name: needs the datasets package: pip install "sitegen-dashboards[hub]"') from None
     stream = datasets.load_dataset(cfg.dataset.hf_name, split=cfg.dataset.hf_split, streaming=True)
     for record in stream:
         yield record[cfg.dataset.text_field]
@@ -122,16 +128,16 @@ def load_tokens(cfg: Config, tokenizer, bos_id: int | None, d_vocab: int) -> Tok
         raise SitegenError("dataset: no documents found (empty dataset)")
     order = list(range(len(docs)))
     rng.shuffle(order)
-    # At most 1/16 of the windows from one document, so a small cap still sees many.
-    per_doc = max(1, -(-max_windows // 16))
+    per_doc = document_cap(max_windows=max_windows, share=ds.max_document_share, n_docs=len(docs))
     windows: list[list[int]] = []
-    used, longest = 0, 0
+    used, longest, capped = 0, 0, 0
     for i in order:
         doc = docs[i]
         ids = doc if not isinstance(doc, str) else tokenizer(doc, add_special_tokens=False)["input_ids"]
         longest = max(longest, len(ids))
         got = windows_of(ids, size)
         if len(got) > per_doc:
+            capped += 1
             got = [got[j] for j in sorted(rng.sample(range(len(got)), per_doc))]
         used += bool(got)
         windows.extend(got)
@@ -142,6 +148,9 @@ def load_tokens(cfg: Config, tokenizer, bos_id: int | None, d_vocab: int) -> Tok
             f"dataset: all {len(docs)} documents are shorter than one context window of {size} tokens "
             f"(longest has {longest}); lower dataset.context_length or add data"
         )
+    notice = None
+    if capped and len(windows) < max_windows:
+        notice = cap_notice(ds=ds, taken=len(windows), asked=max_windows, capped=capped, per_doc=per_doc)
     windows = windows[:max_windows]
     rng.shuffle(windows)
     tokens = torch.tensor(windows, dtype=torch.int64)
@@ -151,7 +160,23 @@ def load_tokens(cfg: Config, tokenizer, bos_id: int | None, d_vocab: int) -> Tok
     if bos:
         tokens = torch.cat([torch.full((len(tokens), 1), bos_id), tokens], dim=1)
         ignore = torch.cat([torch.full((len(tokens), 1), cfg.features.ignore_bos), ignore], dim=1)
-    return TokenData(tokens=tokens, ignore=ignore, n_documents=used)
+    return TokenData(tokens=tokens, ignore=ignore, n_documents=used, notice=notice)
+
+
+def document_cap(*, max_windows: int, share: float, n_docs: int) -> int:
+    """Most windows one document may give: ``share`` of them (so a small cap still sees
+    many documents), rounded up; a single document is not capped."""
+    if n_docs == 1:
+        return max_windows
+    return max(1, math.ceil(max_windows * share))
+
+
+def cap_notice(*, ds: DatasetConfig, taken: int, asked: int, capped: int, per_doc: int) -> str:
+    return (
+        f"dataset: {taken * ds.context_length} of max_tokens {ds.max_tokens} tokens ({taken} of {asked} windows): "
+        f"{capped} document(s) had more than the {per_doc} windows dataset.max_document_share "
+        f"({ds.max_document_share:g}) allows each; raise it (1 = no cap) or add documents"
+    )
 
 
 def _take(it: Iterator[str], n: int) -> list[str]:

@@ -27,13 +27,21 @@ TL_NAME = "google/gemma-3-270m"
 
 @contextmanager
 def hub_offline() -> Iterator[None]:
-    """Forbid hub calls inside the block (the embedded model never needs one)."""
+    """Forbid hub calls inside the block (local folders never need one), whatever the
+    environment and import order: huggingface_hub reads HF_HUB_OFFLINE into
+    ``constants.HF_HUB_OFFLINE`` once, at import, and every hub request (transformers'
+    included, through ``is_offline_mode()``) checks that constant, so it is set here too."""
+    from huggingface_hub import constants
+
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    saved_flag = constants.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
+        constants.HF_HUB_OFFLINE = saved_flag
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -75,11 +83,11 @@ def converted_checkpoint() -> Path:
         steps.update()
         with hub_offline():
             steps.set_postfix_str("tokenizer")
-            tok = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf_path.name)
+            tok = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf_path.name, local_files_only=True)
             steps.update()
             steps.set_postfix_str("dequantising weights (~1 min)")
             hf = AutoModelForCausalLM.from_pretrained(
-                str(work), gguf_file=gguf_path.name, dtype=torch.float32
+                str(work), gguf_file=gguf_path.name, dtype=torch.float32, local_files_only=True
             )
             steps.update()
         # A GGUF-loaded model refuses save_pretrained while it looks quantised.
@@ -106,8 +114,8 @@ def load_hf(dtype: "torch.dtype"):  # noqa: F821 - torch imported lazily
     path = converted_checkpoint()
     with hub_offline():
         try:
-            tok = AutoTokenizer.from_pretrained(str(path))
-            hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         except (OSError, ValueError) as err:
             shutil.rmtree(path, ignore_errors=True)
             raise SitegenError(
