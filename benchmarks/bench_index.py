@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from site_fixtures import DictSpec, index_rows, site_config, write_cache  # noqa: E402
 from selenium import webdriver  # noqa: E402

@@ -71,7 +71,7 @@ def load(config_path: Path) -> tuple[Config, Sources]:
     from sitegen.sources import load_sources
 
     cfg = load_config(config_path)
-    return cfg, load_sources(cfg, progress=lambda msg: log.info(f"[sitegen] {msg}"))
+    return cfg, load_sources(cfg)
 
 
 @click.group()

@@ -35,6 +35,7 @@ from sitegen.cache.feature_data import (
     TokenValues,
 )
 from sitegen.cache.files import write_batch, write_json
+from sitegen.cache.manifest import config_hash, config_keys
 from sitegen.config import Config, DatasetConfig, DictionaryConfig, SiteConfig
 from sitegen.render.index_data import IndexRow
 from sitegen.sources.tokens import display_text
@@ -211,8 +212,9 @@ class DictSpec:
 
 
 def write_cache(cache: Path, specs: list[DictSpec], *, seed: int = 0, sizes: Sizes | None = None,
-                batch_size: int = 64, texts: dict[int, str] | None = None) -> Path:
-    """A complete synthetic feature cache; returns ``cache``."""
+                batch_size: int = 64, texts: dict[int, str] | None = None, config: Config | None = None) -> Path:
+    """A complete synthetic feature cache; returns ``cache``. With ``config``, its manifest says
+    it was built from that config (so ``sitegen render`` accepts it)."""
     texts = texts or token_table()
     maker = FeatureMaker(seed, vocab=len(texts), sizes=sizes)
     summaries = []
@@ -226,7 +228,8 @@ def write_cache(cache: Path, specs: list[DictSpec], *, seed: int = 0, sizes: Siz
                                            spec.effects, "final LayerNorm scale frozen at its clean value"))
     write_json(cache / "tokens.json", {str(k): v for k, v in texts.items()})
     write_json(cache / "manifest.json", {
-        "format": FORMAT_VERSION, "config_hash": "0123abcd", "fingerprints": {"model": "aa11", "dataset": "bb22"},
+        "format": FORMAT_VERSION, "config_hash": config_hash(config) if config else "0123abcd",
+        "config_keys": config_keys(config) if config else {}, "fingerprints": {"model": "aa11", "dataset": "bb22"},
         "dictionaries": [dataclasses.asdict(s) for s in summaries], "batches": {}, "complete": True,
         "stats": {"model_passes": 4, "n_tokens": 32768, "n_sequences": 256, "n_nonfinite": 0},
         "provenance": {"model": "synthetic-model", "n_layers": 18, "d_model": 640, "sitegen_version": "0.1.0",

@@ -38,13 +38,6 @@ def round_sig(t: torch.Tensor, digits: int = DIGITS) -> torch.Tensor:
     return out
 
 
-def sig_float(x: float, digits: int = DIGITS) -> float:
-    """One Python float at ``digits`` significant digits, correctly rounded from its exact binary
-    value (``round_sig`` may differ by one unit in the last digit at near-halves), -0.0 as 0.0.
-    For values derived on read (``cache.direct_lists``), never written back."""
-    return float(f"{x:.{digits}g}") + 0.0
-
-
 def rounded(t: torch.Tensor, digits: int = DIGITS) -> list:
     """``round_sig(t, digits).tolist()``: (nested) Python floats, ready for JSON (which has no NaN/inf)."""
     if not bool(torch.isfinite(t).all()):
