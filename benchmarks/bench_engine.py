@@ -52,8 +52,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="256 sequences, 1024 features")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--budget-mb", type=int, default=None,
-                   help="features.activation_cache_mb (default: the config's, which keeps this fixture in memory)")
+    p.add_argument(
+        "--budget-mb",
+        type=int,
+        default=None,
+        help="features.activation_cache_mb (default: the config's, which keeps this fixture in memory)",
+    )
     args = p.parse_args(argv)
     if args.small:
         args.n_seq, args.d_sae = 256, 1024
@@ -62,9 +66,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_model(args) -> HookedTransformer:
     cfg = HookedTransformerConfig(
-        n_layers=args.n_layers, d_model=args.d_model, n_heads=args.d_model // 64, d_head=64,
-        d_mlp=4 * args.d_model, d_vocab=args.d_vocab, n_ctx=args.ctx, act_fn="gelu", normalization_type="LN",
-        seed=args.seed, device=args.device,
+        n_layers=args.n_layers,
+        d_model=args.d_model,
+        n_heads=args.d_model // 64,
+        d_head=64,
+        d_mlp=4 * args.d_model,
+        d_vocab=args.d_vocab,
+        n_ctx=args.ctx,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=args.seed,
+        device=args.device,
     )
     return HookedTransformer(cfg).eval()
 
@@ -76,11 +88,18 @@ def make_sae(args, model: HookedTransformer, tokens: torch.Tensor):
 
     torch.manual_seed(args.seed)
     d_in = args.d_model
-    sae = SAE.from_dict({
-        "architecture": "standard", "d_in": d_in, "d_sae": args.d_sae, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": False, "normalize_activations": "none",
-        "metadata": {"hook_name": args.hook, "model_name": "bench"},
-    })
+    sae = SAE.from_dict(
+        {
+            "architecture": "standard",
+            "d_in": d_in,
+            "d_sae": args.d_sae,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": False,
+            "normalize_activations": "none",
+            "metadata": {"hook_name": args.hook, "model_name": "bench"},
+        }
+    )
     sae.W_enc.normal_(0, 1 / d_in**0.5)
     sae.W_dec.normal_(0, 1 / d_in**0.5)
     sae.b_dec.zero_()
@@ -190,17 +209,22 @@ def main() -> None:
     floor_total = sum(floor.values())
     stats = manifest["stats"]
     print(f"\nmachine: {torch.get_num_threads()} torch threads, device {args.device}, torch {torch.__version__}")
-    print(f"fixture: {args.n_layers} layers, d_model {args.d_model}, d_vocab {args.d_vocab}, SAE {args.d_sae} "
-          f"features on {args.hook}, {args.n_seq} x {args.ctx} = {n_tok} tokens, effects {args.effects}")
+    print(
+        f"fixture: {args.n_layers} layers, d_model {args.d_model}, d_vocab {args.d_vocab}, SAE {args.d_sae} "
+        f"features on {args.hook}, {args.n_seq} x {args.ctx} = {n_tok} tokens, effects {args.effects}"
+    )
     print(f"floor: {floor_total:.1f}s (" + ", ".join(f"{k} {v:.1f}s" for k, v in floor.items()) + ")")
     print(f"build: {total:.1f}s = {total / floor_total:.2f} x floor; model passes {stats['model_passes']}")
     if whole:
-        print(f"floor through all {args.n_layers} layers (what effects need): {sum(whole.values()):.1f}s; "
-              f"build = {total / sum(whole.values()):.2f} x that")
+        print(
+            f"floor through all {args.n_layers} layers (what effects need): {sum(whole.values()):.1f}s; "
+            f"build = {total / sum(whole.values()):.2f} x that"
+        )
     print(f"throughput: {n_tok / total:,.0f} tokens/s, {args.d_sae / total:,.1f} features/s")
     print("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in stats["seconds"].items()))
-    print(f"peak RSS {rss:,.0f} MiB ({'the build' if windowed else 'the whole process'}), "
-          f"cache {size / 2**20:,.1f} MiB")
+    print(
+        f"peak RSS {rss:,.0f} MiB ({'the build' if windowed else 'the whole process'}), cache {size / 2**20:,.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

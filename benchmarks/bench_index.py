@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from site_fixtures import DictSpec, index_rows, site_config, write_cache  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from site_fixtures import DictSpec, index_rows, site_config, write_cache  # noqa: E402
 
 from sitegen.cache.manifest import read_manifest  # noqa: E402
 from sitegen.render.site import DictionaryListing, SiteWriter  # noqa: E402
@@ -43,23 +43,40 @@ requestAnimationFrame(function () { setTimeout(function () { done([handled, perf
 
 def build_index(folder: Path, n: int) -> tuple[float, int]:
     """Write index.html + assets/ for ``n`` synthetic features; returns (seconds, data bytes)."""
-    cache = write_cache(folder / "cache", [DictSpec(name="sae", feature_ids=(0,)),
-                                           DictSpec(name="mlp", feature_ids=(0,))])
+    cache = write_cache(
+        folder / "cache", [DictSpec(name="sae", feature_ids=(0,)), DictSpec(name="mlp", feature_ids=(0,))]
+    )
     rows = index_rows(n)
     start = time.perf_counter()
     writer = SiteWriter(folder / "site", cache, site_config(folder), read_manifest(cache), {}, [])
-    listings = [DictionaryListing(name, "sae", "blocks.6.hook_resid_post", 262_144,
-                                  sum(r.dict_index == d for r in rows), sum(r.dead and r.dict_index == d for r in rows))
-                for d, name in enumerate(["sae", "mlp"])]
+    listings = [
+        DictionaryListing(
+            name,
+            "sae",
+            "blocks.6.hook_resid_post",
+            262_144,
+            sum(r.dict_index == d for r in rows),
+            sum(r.dead and r.dict_index == d for r in rows),
+        )
+        for d, name in enumerate(["sae", "mlp"])
+    ]
     writer.write_index(rows, listings)
     return time.perf_counter() - start, (folder / "site" / "assets" / "index-data.js").stat().st_size
 
 
 def chromium() -> webdriver.Chrome:
     opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-                f"--user-data-dir={tempfile.mkdtemp(prefix='sitegen-bench-')}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='sitegen-bench-')}",
+    ):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 
@@ -78,10 +95,10 @@ def main() -> None:
         try:
             driver.set_script_timeout(30)
             driver.get((folder / "site" / "index.html").as_uri())
-            drawn = driver.execute_script(
-                "return performance.getEntriesByName('sitegen-index-drawn')[0].startTime")
+            drawn = driver.execute_script("return performance.getEntriesByName('sitegen-index-drawn')[0].startTime")
             paint = driver.execute_script(
-                "var p = performance.getEntriesByName('first-contentful-paint')[0]; return p ? p.startTime : null")
+                "var p = performance.getEntriesByName('first-contentful-paint')[0]; return p ? p.startTime : null"
+            )
             print(f"first rows drawn (since navigation start): {drawn:.0f} ms")
             print(f"first contentful paint: {paint:.0f} ms" if paint else "first contentful paint: n/a")
             for key in ("density", "top", "id"):

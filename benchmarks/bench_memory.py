@@ -44,8 +44,16 @@ def child(config: Path) -> None:
         raise SystemExit("needs Linux's /proc/self/clear_refs to separate the build's peak from the loading's")
     anon = AnonPeak()
     manifest = build_feature_cache(src, config.parent / "cache", progress=False)
-    print(json.dumps({"peak_mib": peak_rss_mib(), "anon_mib": anon.stop(), "load_mib": load,
-                      "passes": manifest["stats"]["model_passes"]}))
+    print(
+        json.dumps(
+            {
+                "peak_mib": peak_rss_mib(),
+                "anon_mib": anon.stop(),
+                "load_mib": load,
+                "passes": manifest["stats"]["model_passes"],
+            }
+        )
+    )
 
 
 class AnonPeak:
@@ -73,9 +81,18 @@ def measure(args, n_seq: int, budget_mb: int, root: Path, features: str | None =
     sys.path.insert(0, str(HERE))
     import bench_engine
 
-    bench = bench_engine.parse([
-        "--n-seq", str(n_seq), "--d-sae", str(args.d_sae), "--effects", args.effects, "--d-vocab", "4096",
-    ])
+    bench = bench_engine.parse(
+        [
+            "--n-seq",
+            str(n_seq),
+            "--d-sae",
+            str(args.d_sae),
+            "--effects",
+            args.effects,
+            "--d-vocab",
+            "4096",
+        ]
+    )
     root.mkdir(parents=True)
     config = bench_engine.write_project(bench, root)
     cfg = yaml.safe_load(config.read_text())
@@ -87,8 +104,9 @@ def measure(args, n_seq: int, budget_mb: int, root: Path, features: str | None =
     if out.returncode:
         raise SystemExit(out.stderr)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result.update(n_seq=n_seq, budget_mb=budget_mb, hook_mib=n_seq * 128 * 256 * 4 / 2**20,
-                  features=features or f"0:{args.d_sae}")
+    result.update(
+        n_seq=n_seq, budget_mb=budget_mb, hook_mib=n_seq * 128 * 256 * 4 / 2**20, features=features or f"0:{args.d_sae}"
+    )
     return result
 
 
@@ -109,17 +127,23 @@ def main() -> None:
             measure(args, 2 * args.n_seq, 1_000_000, Path(tmp) / "2n-in-memory"),
             measure(args, args.n_seq, args.budget_mb, Path(tmp) / "n-quarter", f"0:{args.d_sae // 4}"),
         ]
-    print(f"{'sequences':>9} {'hook acts MiB':>13} {'budget MiB':>10} {'features':>10} {'build peak MiB':>14} "
-          f"{'of it heap':>10} {'load peak':>9}")
+    print(
+        f"{'sequences':>9} {'hook acts MiB':>13} {'budget MiB':>10} {'features':>10} {'build peak MiB':>14} "
+        f"{'of it heap':>10} {'load peak':>9}"
+    )
     for r in runs:
         budget = "none" if r["budget_mb"] >= 1_000_000 else r["budget_mb"]
-        print(f"{r['n_seq']:>9} {r['hook_mib']:>13.0f} {budget:>10} {r['features']:>10} {r['peak_mib']:>14.0f} "
-              f"{r['anon_mib']:>10.0f} {r['load_mib']:>9.0f}")
+        print(
+            f"{r['n_seq']:>9} {r['hook_mib']:>13.0f} {budget:>10} {r['features']:>10} {r['peak_mib']:>14.0f} "
+            f"{r['anon_mib']:>10.0f} {r['load_mib']:>9.0f}"
+        )
     for key, what in (("peak_mib", "peak RSS"), ("anon_mib", "peak heap (RssAnon)")):
         growth = runs[1][key] / runs[0][key] - 1
         print(f"doubling the data beyond the budget raised the {what} by {growth:+.1%} (target <= +10%)")
-        print(f"  in memory instead of memmap at 2N: {runs[2][key] / runs[1][key]:.2f} x; building all {args.d_sae} "
-              f"features instead of {args.d_sae // 4}: {runs[0][key] / runs[3][key] - 1:+.1%} (target: none)")
+        print(
+            f"  in memory instead of memmap at 2N: {runs[2][key] / runs[1][key]:.2f} x; building all {args.d_sae} "
+            f"features instead of {args.d_sae // 4}: {runs[0][key] / runs[3][key] - 1:+.1%} (target: none)"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,14 @@ START = "import time; t = time.perf_counter(); import {modules}; print(time.perf
 
 def import_seconds(modules: str) -> float:
     """Best of three fresh processes."""
-    runs = [float(subprocess.run([sys.executable, "-c", START.format(modules=modules)], capture_output=True,
-                                 text=True, check=True).stdout) for _ in range(3)]
+    runs = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", START.format(modules=modules)], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for _ in range(3)
+    ]
     return min(runs)
 
 
@@ -43,16 +49,25 @@ def main() -> None:
     try:
         scaffold_project(folder)
         cfg = load_config(folder / "site_config.yaml")
-        spec = DictSpec(name="mlp-l6", kind="neurons", hook_name="blocks.6.mlp.hook_post", d_sae=args.features,
-                        feature_ids=tuple(range(args.features)))
+        spec = DictSpec(
+            name="mlp-l6",
+            kind="neurons",
+            hook_name="blocks.6.mlp.hook_post",
+            d_sae=args.features,
+            feature_ids=tuple(range(args.features)),
+        )
         config = folder / "site_config.yaml"
         config.write_text(config.read_text().replace('features: "0:128"', f'features: "0:{args.features}"'))
         write_cache(folder / cfg.cache, [spec], config=load_config(config), batch_size=256)
         cli = import_seconds("sitegen.cli, sitegen.render, sitegen.cache.files, sitegen.cache.manifest")
         torch = import_seconds("torch")
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "from sitegen.cli import main; main()", "render"], cwd=folder,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", "from sitegen.cli import main; main()", "render"],
+            cwd=folder,
+            check=True,
+            capture_output=True,
+        )
         total = time.perf_counter() - t0
         print(f"features: {args.features:,}")
         print(f"start (import of the CLI and render, best of 3): {cli:.2f} s; torch alone: {torch:.2f} s")

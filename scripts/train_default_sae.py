@@ -131,8 +131,13 @@ def main() -> None:
     print(f"training on {len(acts)} activations of {HOOK}")
 
     sae_cfg = TopKTrainingSAEConfig(
-        d_in=model.cfg.d_model, d_sae=args.d_sae, k=args.k, dtype="float32", device="cpu",
-        normalize_activations="expected_average_only_in", aux_loss_coefficient=1 / 32,
+        d_in=model.cfg.d_model,
+        d_sae=args.d_sae,
+        k=args.k,
+        dtype="float32",
+        device="cpu",
+        normalize_activations="expected_average_only_in",
+        aux_loss_coefficient=1 / 32,
     )
     sae_cfg.metadata.model_name = "google/gemma-3-270m"
     sae_cfg.metadata.hook_name = HOOK
@@ -145,17 +150,25 @@ def main() -> None:
     sae.b_dec.data = (acts.mean(0) * scale).to(sae.b_dec.dtype)
     steps = int(args.epochs * len(acts) / args.batch)
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * args.batch, train_batch_size_samples=args.batch, lr=args.lr, lr_end=args.lr / 10,
-        lr_scheduler_name="constant", lr_warm_up_steps=steps // 20, lr_decay_steps=steps // 5,
-        device="cpu", dead_feature_window=50, feature_sampling_window=100, n_batches_for_norm_estimate=20,
+        total_training_samples=steps * args.batch,
+        train_batch_size_samples=args.batch,
+        lr=args.lr,
+        lr_end=args.lr / 10,
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=steps // 20,
+        lr_decay_steps=steps // 5,
+        device="cpu",
+        dead_feature_window=50,
+        feature_sampling_window=100,
+        n_batches_for_norm_estimate=20,
     )
     with torch.enable_grad():
         sae = SAETrainer(trainer_cfg, sae, batches(acts, args.batch, args.seed)).fit()
 
     OUT.mkdir(parents=True, exist_ok=True)
     sae.save_inference_model(OUT)
-    from safetensors.torch import load_file, save_file
     from sae_lens import SAE
+    from safetensors.torch import load_file, save_file
 
     weights = OUT / "sae_weights.safetensors"
     save_file({k: v.half().contiguous() for k, v in load_file(weights).items()}, weights)

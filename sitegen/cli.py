@@ -9,7 +9,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import click
@@ -22,11 +21,18 @@ if TYPE_CHECKING:
     from sitegen.sources import Sources
 
 CONFIG_OPTION = click.option(
-    "--config", "config_path", default="site_config.yaml", show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path), help="Site config (YAML).",
+    "--config",
+    "config_path",
+    default="site_config.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Site config (YAML).",
 )
 OUT_OPTION = click.option(
-    "--out", "out", default=None, type=click.Path(path_type=Path),
+    "--out",
+    "out",
+    default=None,
+    type=click.Path(path_type=Path),
     help="Output folder of the site (default: the config's 'out').",
 )
 
@@ -106,8 +112,10 @@ def build(config_path: Path, out: Path | None) -> None:
     cache = cache_dir(cfg)
     stats = build_feature_cache(sources, cache)["stats"]
     n_features = sum(len(d.feature_ids) for d in sources.dictionaries)
-    log.info(f"[sitegen] {n_features} features from {stats['model_passes']} model pass(es); "
-        f"{stats['reused_batches']} feature batches reused; {stats['n_nonfinite']} non-finite activations excluded")
+    log.info(
+        f"[sitegen] {n_features} features from {stats['model_passes']} model pass(es); "
+        f"{stats['reused_batches']} feature batches reused; {stats['n_nonfinite']} non-finite activations excluded"
+    )
     render_site(cache, cfg, out_dir)
     click.echo(f"site written to {out_dir}")
 

@@ -103,9 +103,19 @@ class Config:
 
 
 POSITIVE = {
-    "context_length", "max_tokens", "feature_batch_size", "token_batch_size",
-    "activation_cache_mb", "histogram_bins", "top_examples", "n_intervals",
-    "logit_top", "logit_histogram_bins", "hover_top", "n_related", "n_neighbours",
+    "context_length",
+    "max_tokens",
+    "feature_batch_size",
+    "token_batch_size",
+    "activation_cache_mb",
+    "histogram_bins",
+    "top_examples",
+    "n_intervals",
+    "logit_top",
+    "logit_histogram_bins",
+    "hover_top",
+    "n_related",
+    "n_neighbours",
     "n_top_tokens",
 }
 NON_NEGATIVE = {"context_before", "context_after", "examples_per_interval", "negative_examples", "layer", "seed"}
@@ -146,7 +156,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise SitegenError(f"{where}: expected {_type_name(tp)}, got {value!r}")
         return [_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _dataclass_from(tp, value, where)
     ok = {
         bool: isinstance(value, bool),
@@ -177,9 +187,9 @@ def _dataclass_from(cls: type, raw: Any, where: str) -> Any:
             raise SitegenError(f"{where}.{key}: must be >= 0, got {value}")
         kwargs[key] = value
     missing = [
-        name for name, f in fields.items()
-        if name not in kwargs and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise SitegenError(f"{where}: missing required key '{missing[0]}'")
@@ -210,8 +220,7 @@ def _check(cfg: Config, where: str) -> None:
         raise SitegenError(f"{where}.dataset: give 'paths' (local files) or 'hf_name'")
     if ds.max_tokens < ds.context_length:
         raise SitegenError(
-            f"{where}.dataset.max_tokens: {ds.max_tokens} is below one context window "
-            f"({ds.context_length} tokens)"
+            f"{where}.dataset.max_tokens: {ds.max_tokens} is below one context window ({ds.context_length} tokens)"
         )
     if not 0 < ds.max_document_share <= 1:
         raise SitegenError(

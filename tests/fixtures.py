@@ -52,9 +52,18 @@ def tiny_model(seed: int = 0, n_layers: int = 2, post_norm: bool = False) -> Hoo
     """LayerNorm GPT-2 style; ``post_norm``: Gemma 2/3 style instead, RMSNorm before and after
     each sub-layer (``ln1_post``/``ln2_post`` scale what attention and MLP add to the residual)."""
     cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=D_MODEL, n_heads=4, d_head=8, d_mlp=64, d_vocab=len(VOCAB),
-        n_ctx=64, act_fn="gelu", normalization_type="RMS" if post_norm else "LN", seed=seed,
-        default_prepend_bos=True, use_normalization_before_and_after=post_norm,
+        n_layers=n_layers,
+        d_model=D_MODEL,
+        n_heads=4,
+        d_head=8,
+        d_mlp=64,
+        d_vocab=len(VOCAB),
+        n_ctx=64,
+        act_fn="gelu",
+        normalization_type="RMS" if post_norm else "LN",
+        seed=seed,
+        default_prepend_bos=True,
+        use_normalization_before_and_after=post_norm,
     )
     model = HookedTransformer(cfg, tokenizer=tiny_tokenizer())
     torch.manual_seed(seed)
@@ -65,15 +74,27 @@ def tiny_model(seed: int = 0, n_layers: int = 2, post_norm: bool = False) -> Hoo
     return model.eval()
 
 
-def tiny_sae(architecture: str = "standard", hook: str = "blocks.1.hook_resid_pre", d_in: int = D_MODEL,
-             d_sae: int = D_SAE, seed: int = 0):
+def tiny_sae(
+    architecture: str = "standard",
+    hook: str = "blocks.1.hook_resid_pre",
+    d_in: int = D_MODEL,
+    d_sae: int = D_SAE,
+    seed: int = 0,
+):
     """A random SAELens SAE (inference class) with biases set so features fire sometimes."""
     from sae_lens import SAE
 
     torch.manual_seed(seed)
-    cfg = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
-           "apply_b_dec_to_input": False, "normalize_activations": "none",
-           "metadata": {"hook_name": hook, "model_name": "tiny"}}
+    cfg = {
+        "architecture": architecture,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "metadata": {"hook_name": hook, "model_name": "tiny"},
+    }
     if architecture == "topk":
         cfg["k"] = 8
     sae = SAE.from_dict(cfg)
@@ -96,8 +117,16 @@ def tiny_tokens(n_seq: int = 16, seq_len: int = N_CTX, seed: int = 0) -> np.ndar
     return ids.astype(np.int64)
 
 
-def write_project(root: Path, *, architecture: str = "standard", n_seq: int = 16, seed: int = 0,
-                  neurons: bool = True, post_norm: bool = False, extra: dict | None = None) -> Path:
+def write_project(
+    root: Path,
+    *,
+    architecture: str = "standard",
+    n_seq: int = 16,
+    seed: int = 0,
+    neurons: bool = True,
+    post_norm: bool = False,
+    extra: dict | None = None,
+) -> Path:
     """Write model, SAE, tokens and a site_config.yaml under ``root``; return the config path."""
     save_tl_checkpoint(tiny_model(seed, post_norm=post_norm), root / "model")
     tiny_sae(architecture, seed=seed).save_model(root / "sae")
@@ -109,8 +138,13 @@ def write_project(root: Path, *, architecture: str = "standard", n_seq: int = 16
         "dictionaries": [{"name": "sae", "kind": "sae", "path": "sae"}]
         + ([{"name": "neurons", "kind": "neurons", "layer": 0, "features": "0:16"}] if neurons else []),
         "dataset": {"paths": ["tokens.npy"], "context_length": N_CTX, "max_tokens": n_seq * N_CTX},
-        "features": {"feature_batch_size": 24, "token_batch_size": 8, "top_examples": 6,
-                     "n_intervals": 4, "examples_per_interval": 2},
+        "features": {
+            "feature_batch_size": 24,
+            "token_batch_size": 8,
+            "top_examples": 6,
+            "n_intervals": 4,
+            "examples_per_interval": 2,
+        },
         "site": {"title": "tiny"},
     }
     for key, value in (extra or {}).items():

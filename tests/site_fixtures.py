@@ -19,8 +19,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-
 from fixtures import HOSTILE
+
 from sitegen.cache.feature_data import (
     FORMAT_VERSION,
     DictionarySummary,
@@ -41,7 +41,7 @@ from sitegen.render.index_data import IndexRow
 from sitegen.sources.tokens import display_text
 
 VOCAB = 4096
-PAYLOADS = ['<img src=x onerror="window.__pwned=1">', "<svg onload=\"window.__pwned=1\"></svg>"]
+PAYLOADS = ['<img src=x onerror="window.__pwned=1">', '<svg onload="window.__pwned=1"></svg>']
 
 
 def round_sig(x: float, digits: int = 4) -> float:
@@ -50,12 +50,14 @@ def round_sig(x: float, digits: int = 4) -> float:
     return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
 
 
-COMMON = (" the , . of and to a in is that for it as was with be by on not he I this are or his from at"
-          " which but have an they you were her she there had been one all we can their has more when will"
-          " would who so no if out into do time only new some could these two may first then any like other"
-          " than now its over such our what man up about also most made after many well before must through"
-          " back years where much your way down should because each just those people how too little state"
-          " good very make world still own see men work long get here between both life being under never day")
+COMMON = (
+    " the , . of and to a in is that for it as was with be by on not he I this are or his from at"
+    " which but have an they you were her she there had been one all we can their has more when will"
+    " would who so no if out into do time only new some could these two may first then any like other"
+    " than now its over such our what man up about also most made after many well before must through"
+    " back years where much your way down should because each just those people how too little state"
+    " good very make world still own see men work long get here between both life being under never day"
+)
 
 
 def token_table(vocab: int = VOCAB) -> dict[int, str]:
@@ -117,8 +119,10 @@ class FeatureMaker:
     def example(self, act: float, max_act: float, basis: TokenValues, negative: bool, direct: bool) -> Example:
         s, rng = self.sizes, self.rng
         window = s.before + 1 + s.after
-        acts = [round_sig(float(rng.uniform(0.05, 1) * max_act)) if rng.random() < s.active_rate else 0.0
-                for _ in range(window)]
+        acts = [
+            round_sig(float(rng.uniform(0.05, 1) * max_act)) if rng.random() < s.active_rate else 0.0
+            for _ in range(window)
+        ]
         acts[s.before] = act
         if negative:
             acts = [-abs(a) for a in acts]
@@ -126,11 +130,23 @@ class FeatureMaker:
         seq, pos = int(next(self.seqs)), int(rng.integers(s.before, 128 - s.after))  # windows never overlap
         return Example(seq, pos, pos - s.before, self.tokens(window), acts, hovers)
 
-    def group(self, lower: float, upper: float, n: int, max_act: float, basis: TokenValues, direct: bool,
-              negative: bool = False) -> IntervalGroup:
+    def group(
+        self,
+        lower: float,
+        upper: float,
+        n: int,
+        max_act: float,
+        basis: TokenValues,
+        direct: bool,
+        negative: bool = False,
+    ) -> IntervalGroup:
         acts = sorted((round_sig(float(self.rng.uniform(lower, upper)) or upper) for _ in range(n)), reverse=True)
-        return IntervalGroup(round_sig(lower), round_sig(upper), round_sig(float(self.rng.uniform(0.001, 0.4))),
-                             [self.example(min(max(a, lower), upper), max_act, basis, negative, direct) for a in acts])
+        return IntervalGroup(
+            round_sig(lower),
+            round_sig(upper),
+            round_sig(float(self.rng.uniform(0.001, 0.4))),
+            [self.example(min(max(a, lower), upper), max_act, basis, negative, direct) for a in acts],
+        )
 
     def ranked(self, n: int, upper: int, extra: bool) -> Ranked:
         ids = sorted(int(i) for i in self.rng.choice(upper, size=n, replace=False))
@@ -141,40 +157,66 @@ class FeatureMaker:
         edges = [round_sig(lo + (hi - lo) * k / self.sizes.bins) for k in range(self.sizes.bins + 1)]
         return Histogram(edges, [int(c) for c in self.rng.integers(0, 5000, size=self.sizes.bins)])
 
-    def feature(self, dictionary: str, feature: int, d_sae: int, d_in: int, *, dead: bool = False,
-                negative: bool = False, direct: bool = True) -> FeatureData:
+    def feature(
+        self,
+        dictionary: str,
+        feature: int,
+        d_sae: int,
+        d_in: int,
+        *,
+        dead: bool = False,
+        negative: bool = False,
+        direct: bool = True,
+    ) -> FeatureData:
         s, rng = self.sizes, self.rng
         self.seqs = iter(rng.permutation(4096))
         logit_top = TokenValues(self.tokens(s.logit_top), sorted(self.floats(s.logit_top, 0.1, 2), reverse=True))
         logit_bottom = TokenValues(self.tokens(s.logit_top), sorted(self.floats(s.logit_top, -2, -0.1)))
         # hovers list the lowest logit effects' tokens, then the highest (raised / lowered by removal)
         k = s.hover_top
-        basis = TokenValues(logit_bottom.token_ids[:k] + logit_top.token_ids[:k],
-                            logit_bottom.values[:k] + logit_top.values[:k])
+        basis = TokenValues(
+            logit_bottom.token_ids[:k] + logit_top.token_ids[:k], logit_bottom.values[:k] + logit_top.values[:k]
+        )
         max_act = 0.0 if dead else round_sig(float(rng.uniform(1, 20)))
         width = max_act / s.n_intervals
         return FeatureData(
-            dictionary=dictionary, feature=feature, dead=dead, n_tokens=32768, n_nonfinite=int(rng.random() < 0.1),
-            density=0.0 if dead else round_sig(float(10 ** rng.uniform(-4, -1))), max_act=max_act,
+            dictionary=dictionary,
+            feature=feature,
+            dead=dead,
+            n_tokens=32768,
+            n_nonfinite=int(rng.random() < 0.1),
+            density=0.0 if dead else round_sig(float(10 ** rng.uniform(-4, -1))),
+            max_act=max_act,
             mean_nonzero_act=round_sig(max_act * 0.3),
             act_histogram=Histogram([], []) if dead else self.histogram(0, max_act),
-            top_examples=[] if dead else [
+            top_examples=[]
+            if dead
+            else [
                 self.example(a, max_act, basis, False, direct)
                 for a in sorted(self.floats(s.top_examples - 1, max_act * 0.6, max_act) + [max_act], reverse=True)
             ],
-            intervals=[] if dead else [
+            intervals=[]
+            if dead
+            else [
                 self.group(i * width, (i + 1) * width, s.per_interval, max_act, basis, direct)
                 for i in range(s.n_intervals)
             ],
             negative=self.group(-max_act, -max_act / 2, s.negative_examples, max_act, basis, direct, True)
-            if negative and not dead else None,
-            logit_top=logit_top, logit_bottom=logit_bottom, logit_histogram=self.histogram(-2, 2),
+            if negative and not dead
+            else None,
+            logit_top=logit_top,
+            logit_bottom=logit_bottom,
+            logit_histogram=self.histogram(-2, 2),
             neuron_alignment=self.ranked(s.n_related, d_in, True),
             correlated_neurons=self.ranked(s.n_related, d_in, True),
             correlated_features=self.ranked(s.n_related, d_sae, False),
             decoder_neighbours=self.ranked(s.n_neighbours, d_sae, False),
-            top_tokens=TokenValues([], []) if dead else TokenValues(self.tokens(s.n_top_tokens), sorted(
-                (int(c) for c in rng.integers(1, 20, size=s.n_top_tokens)), reverse=True)),
+            top_tokens=TokenValues([], [])
+            if dead
+            else TokenValues(
+                self.tokens(s.n_top_tokens),
+                sorted((int(c) for c in rng.integers(1, 20, size=s.n_top_tokens)), reverse=True),
+            ),
             hover_basis=basis if direct else TokenValues([], []),
         )
 
@@ -189,12 +231,17 @@ def index_rows(n: int, seed: int = 0, n_dictionaries: int = 2, vocab: int = 262_
     rows = []
     for r in range(n):
         dead = rng.random() < 0.02
-        rows.append(IndexRow(
-            r // per_dict, r % per_dict, dead, 0.0 if dead else round_sig(float(10 ** rng.uniform(-5, -1))),
-            0.0 if dead else round_sig(float(rng.uniform(0.5, 40))),
-            [] if dead else [texts.get(int(t), f" tok{t}") for t in top[r]],
-            "Fires on closing brackets in Python code" if r % 50 == 7 else "",
-        ))
+        rows.append(
+            IndexRow(
+                r // per_dict,
+                r % per_dict,
+                dead,
+                0.0 if dead else round_sig(float(10 ** rng.uniform(-5, -1))),
+                0.0 if dead else round_sig(float(rng.uniform(0.5, 40))),
+                [] if dead else [texts.get(int(t), f" tok{t}") for t in top[r]],
+                "Fires on closing brackets in Python code" if r % 50 == 7 else "",
+            )
+        )
     return rows
 
 
@@ -211,8 +258,16 @@ class DictSpec:
     effects: str = "direct"  # "exact": hovers without direct parameters, listed in full on pages
 
 
-def write_cache(cache: Path, specs: list[DictSpec], *, seed: int = 0, sizes: Sizes | None = None,
-                batch_size: int = 64, texts: dict[int, str] | None = None, config: Config | None = None) -> Path:
+def write_cache(
+    cache: Path,
+    specs: list[DictSpec],
+    *,
+    seed: int = 0,
+    sizes: Sizes | None = None,
+    batch_size: int = 64,
+    texts: dict[int, str] | None = None,
+    config: Config | None = None,
+) -> Path:
     """A complete synthetic feature cache; returns ``cache``. With ``config``, its manifest says
     it was built from that config (so ``sitegen render`` accepts it)."""
     texts = texts or token_table()
@@ -221,29 +276,64 @@ def write_cache(cache: Path, specs: list[DictSpec], *, seed: int = 0, sizes: Siz
     for d, spec in enumerate(specs):
         ids = sorted(spec.feature_ids)
         for b in range(0, max(len(ids), 1), batch_size):
-            batch = [maker.feature(spec.name, f, spec.d_sae, spec.d_in, dead=f in spec.dead, negative=spec.negative,
-                                   direct=spec.effects == "direct") for f in ids[b: b + batch_size]]
+            batch = [
+                maker.feature(
+                    spec.name,
+                    f,
+                    spec.d_sae,
+                    spec.d_in,
+                    dead=f in spec.dead,
+                    negative=spec.negative,
+                    direct=spec.effects == "direct",
+                )
+                for f in ids[b : b + batch_size]
+            ]
             write_batch(cache, d, b // batch_size, batch)
-        summaries.append(DictionarySummary(spec.name, spec.kind, spec.hook_name, spec.d_in, spec.d_sae, ids,
-                                           spec.effects, "final LayerNorm scale frozen at its clean value"))
+        summaries.append(
+            DictionarySummary(
+                spec.name,
+                spec.kind,
+                spec.hook_name,
+                spec.d_in,
+                spec.d_sae,
+                ids,
+                spec.effects,
+                "final LayerNorm scale frozen at its clean value",
+            )
+        )
     write_json(cache / "tokens.json", {str(k): v for k, v in texts.items()})
-    write_json(cache / "manifest.json", {
-        "format": FORMAT_VERSION, "config_hash": config_hash(config) if config else "0123abcd",
-        "config_keys": config_keys(config) if config else {}, "fingerprints": {"model": "aa11", "dataset": "bb22"},
-        "dictionaries": [dataclasses.asdict(s) for s in summaries], "batches": {}, "complete": True,
-        "stats": {"model_passes": 4, "n_tokens": 32768, "n_sequences": 256, "n_nonfinite": 0},
-        "provenance": {"model": "synthetic-model", "n_layers": 18, "d_model": 640, "sitegen_version": "0.1.0",
-                       "dataset": {"paths": ["texts/*.txt"], "context_length": 128, "n_documents": 40}},
-    })
+    write_json(
+        cache / "manifest.json",
+        {
+            "format": FORMAT_VERSION,
+            "config_hash": config_hash(config) if config else "0123abcd",
+            "config_keys": config_keys(config) if config else {},
+            "fingerprints": {"model": "aa11", "dataset": "bb22"},
+            "dictionaries": [dataclasses.asdict(s) for s in summaries],
+            "batches": {},
+            "complete": True,
+            "stats": {"model_passes": 4, "n_tokens": 32768, "n_sequences": 256, "n_nonfinite": 0},
+            "provenance": {
+                "model": "synthetic-model",
+                "n_layers": 18,
+                "d_model": 640,
+                "sitegen_version": "0.1.0",
+                "dataset": {"paths": ["texts/*.txt"], "context_length": 128, "n_documents": 40},
+            },
+        },
+    )
     return cache
 
 
-def site_config(root: Path, *, pages: str | None = None, notes: str | None = None,
-                title: str = "Synthetic dashboards") -> Config:
+def site_config(
+    root: Path, *, pages: str | None = None, notes: str | None = None, title: str = "Synthetic dashboards"
+) -> Config:
     """A Config whose only renderer-relevant part is ``site`` (paths relative to ``root``)."""
     return Config(
-        dictionaries=[DictionaryConfig(name="sae", path="sae")], dataset=DatasetConfig(paths=["texts/*.txt"]),
-        site=SiteConfig(title=title, pages=pages, notes=notes), path=root / "site_config.yaml",
+        dictionaries=[DictionaryConfig(name="sae", path="sae")],
+        dataset=DatasetConfig(paths=["texts/*.txt"]),
+        site=SiteConfig(title=title, pages=pages, notes=notes),
+        path=root / "site_config.yaml",
     )
 
 
@@ -327,8 +417,10 @@ def direct_changes(side: tuple[list[int], list[float]], record: list[float], u_m
     """``static/feature.js``'s ``changes``: interpolated in u, to the decimals the ends support."""
     big = max(abs(record[2]), abs(record[3]))
     places = min(max(math.floor(4.82 - math.log10(big)), 0), 100) if big else 0
-    return [shown_change(record[2] + (u - u_min) / ((u_max - u_min) or 1) * (record[3] - record[2]), places)
-            for u in side[1]]
+    return [
+        shown_change(record[2] + (u - u_min) / ((u_max - u_min) or 1) * (record[3] - record[2]), places)
+        for u in side[1]
+    ]
 
 
 def shown_change(v: float, places: int) -> float:
@@ -370,22 +462,40 @@ def decoded_examples(data: dict) -> list[list[dict]]:
                         up = data["lists"][a[3]]
                         end = 4 + len(up)
                         down = data["lists"][a[end]]
-                        hovers[a[0]] = (a[2], [tokens[i] for i in up], a[4:end], [tokens[i] for i in down],
-                                        a[end + 1: end + 1 + len(down)])
+                        hovers[a[0]] = (
+                            a[2],
+                            [tokens[i] for i in up],
+                            a[4:end],
+                            [tokens[i] for i in down],
+                            a[end + 1 : end + 1 + len(down)],
+                        )
                     continue
                 key = (seq, start + a)  # one record per (sequence, position), in order of first appearance
                 if key not in seen:
-                    r = records[at: at + 4]
+                    r = records[at : at + 4]
                     at += 4
                     hover = None
                     if not math.isnan(r[1]):
                         up, down = (low, high) if r[2] > r[3] else (high, low)
-                        hover = (r4(r[1]), [tokens[i] for i in up[0]], direct_changes(up, r, u_min, u_max),
-                                 [tokens[i] for i in down[0]], direct_changes(down, r, u_min, u_max))
+                        hover = (
+                            r4(r[1]),
+                            [tokens[i] for i in up[0]],
+                            direct_changes(up, r, u_min, u_max),
+                            [tokens[i] for i in down[0]],
+                            direct_changes(down, r, u_min, u_max),
+                        )
                     seen[key] = (r4(r[0]), hover)
                 acts[a], hovers[a] = seen[key]
-            examples.append({"seq": seq, "pos": pos, "start": start, "tokens": [tokens[i] for i in window],
-                             "acts": acts, "hovers": hovers})
+            examples.append(
+                {
+                    "seq": seq,
+                    "pos": pos,
+                    "start": start,
+                    "tokens": [tokens[i] for i in window],
+                    "acts": acts,
+                    "hovers": hovers,
+                }
+            )
         groups.append(examples)
     if records is not None:
         assert at == len(records), "unused hover records"
@@ -396,6 +506,7 @@ def same_examples(page: list[list[dict]], expected: list[list[dict]]) -> bool:
     """``decoded_examples`` against ``expected_examples``: equal, except that log-prob changes a
     page interpolates from its two ends (24-bit floats) may differ by one unit in their 4th
     significant digit, or, where shown with fewer digits, by 1e-4 of the hover's largest change."""
+
     def unit(x: float) -> float:
         return 10 ** (math.floor(math.log10(abs(x))) - 3) if x else 0.0
 
@@ -412,8 +523,13 @@ def same_examples(page: list[list[dict]], expected: list[list[dict]]) -> bool:
                 if g is None:
                     continue
                 scale = max(map(abs, w[2] + w[4]), default=0.0)
-                if g[0] != w[0] or g[1] != w[1] or g[3] != w[3] or not close(g[2], w[2], scale) \
-                        or not close(g[4], w[4], scale):
+                if (
+                    g[0] != w[0]
+                    or g[1] != w[1]
+                    or g[3] != w[3]
+                    or not close(g[2], w[2], scale)
+                    or not close(g[4], w[4], scale)
+                ):
                     return False
     return True
 
@@ -438,15 +554,30 @@ def expected_hover(h: Hover | None, basis: TokenValues, texts: dict[int, str]) -
     if h is None:
         return None
     top, bottom = listed_changes(h, basis)
-    return (h.loss_effect, [texts[i] for i in top.token_ids], top.values, [texts[i] for i in bottom.token_ids],
-            bottom.values)
+    return (
+        h.loss_effect,
+        [texts[i] for i in top.token_ids],
+        top.values,
+        [texts[i] for i in bottom.token_ids],
+        bottom.values,
+    )
 
 
 def expected_examples(fd: FeatureData, texts: dict[int, str]) -> list[list[dict]]:
     """``decoded_examples`` as it should be for ``fd``: top, intervals from the highest, negative."""
     intervals = sorted(fd.intervals, key=lambda g: -g.upper)
     groups = [fd.top_examples, *(g.examples for g in intervals), *([fd.negative.examples] if fd.negative else [])]
-    return [[{
-        "seq": ex.seq, "pos": ex.pos, "start": ex.start, "tokens": [texts[i] for i in ex.token_ids],
-        "acts": ex.acts, "hovers": [expected_hover(h, fd.hover_basis, texts) for h in ex.hovers],
-    } for ex in group] for group in groups]
+    return [
+        [
+            {
+                "seq": ex.seq,
+                "pos": ex.pos,
+                "start": ex.start,
+                "tokens": [texts[i] for i in ex.token_ids],
+                "acts": ex.acts,
+                "hovers": [expected_hover(h, fd.hover_basis, texts) for h in ex.hovers],
+            }
+            for ex in group
+        ]
+        for group in groups
+    ]

@@ -43,9 +43,14 @@ NOTE = '<img src=x onerror="window.__pwned=1"> <script>window.__pwned=1</script>
 def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("browser")
     (root / "notes.yaml").write_text(f"sae:\n  1: {json.dumps(NOTE)}\n")
-    write_cache(root / "cache", [DictSpec(feature_ids=(0, 1, 2, 7)),
-                                 DictSpec(name="dead", feature_ids=(0,), dead=frozenset({0})),
-                                 DictSpec(name="exact", feature_ids=(1,), effects="exact")])
+    write_cache(
+        root / "cache",
+        [
+            DictSpec(feature_ids=(0, 1, 2, 7)),
+            DictSpec(name="dead", feature_ids=(0,), dead=frozenset({0})),
+            DictSpec(name="exact", feature_ids=(1,), effects="exact"),
+        ],
+    )
     return render_site(root / "cache", site_config(root, notes="notes.yaml"), root / "site")
 
 
@@ -53,8 +58,16 @@ def site(tmp_path_factory) -> Path:
 def driver():
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
         opts.add_argument(arg)
     profile = tempfile.mkdtemp(prefix="sitegen-chromium-")
     opts.add_argument(f"--user-data-dir={profile}")
@@ -80,8 +93,7 @@ def open_page(driver, url: str) -> None:
 
 def assert_clean(driver, allowed: str = "\0") -> None:
     """No console errors (but ``allowed``), no alert, and no injected payload ran."""
-    errors = [e for e in driver.get_log("browser")
-              if e["level"] in ("SEVERE", "ERROR") and allowed not in e["message"]]
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR") and allowed not in e["message"]]
     assert errors == []
     try:
         text = driver.switch_to.alert.text
@@ -112,15 +124,18 @@ def test_index_search_and_dead_dictionary(driver, site):
 
 
 def index_data(site: Path) -> dict:
-    return json.loads((site / "assets" / "index-data.js").read_text().removeprefix("window.SITEGEN_INDEX=")
-                      .strip()[:-1])
+    return json.loads(
+        (site / "assets" / "index-data.js").read_text().removeprefix("window.SITEGEN_INDEX=").strip()[:-1]
+    )
 
 
 def shown_rows(driver, data: dict) -> list[int]:
     """Index (into the index data) of each listed row, in order, from its link."""
     where = {f"features/{d}/{i}.html": k for k, (d, i) in enumerate(zip(data["d"], data["id"]))}
-    return [where[a.get_attribute("href").split("/site/", 1)[1]]
-            for a in driver.find_elements(By.CSS_SELECTOR, "#rows tr td:first-child a")]
+    return [
+        where[a.get_attribute("href").split("/site/", 1)[1]]
+        for a in driver.find_elements(By.CSS_SELECTOR, "#rows tr td:first-child a")
+    ]
 
 
 def test_index_sorts_and_filters(driver, site):
@@ -194,27 +209,40 @@ def page_function(html: str, name: str) -> str:
     while True:
         depth += {"{": 1, "}": -1}.get(html[i], 0)
         if depth == 0:
-            return html[start: i + 1]
+            return html[start : i + 1]
         i += 1
 
 
 def test_log_prob_changes_are_rounded_once(driver, site):
     """The page's own ``shownChange``, run in Chromium on many fresh values, against a
     correctly rounded reference."""
-    fixed = [(-1.15555, 4, -1.156), (-1.31444, 4, -1.314),
-             (-1.15554, 4, -1.156), (-1.31446, 4, -1.314),  # rounded twice: -1.155, -1.315
-             (0.125, 2, 0.13), (-2.5, 0, -3.0), (12345.0, 0, 12350.0), (9.99996, 4, 10.0), (-4e-5, 4, 0.0)]
+    fixed = [
+        (-1.15555, 4, -1.156),
+        (-1.31444, 4, -1.314),
+        (-1.15554, 4, -1.156),
+        (-1.31446, 4, -1.314),  # rounded twice: -1.155, -1.315
+        (0.125, 2, 0.13),
+        (-2.5, 0, -3.0),
+        (12345.0, 0, 12350.0),
+        (9.99996, 4, 10.0),
+        (-4e-5, 4, 0.0),
+    ]
     assert [shown_change(v, places) for v, places, _ in fixed] == [want for *_, want in fixed]
     seed = random.randrange(10**9)
     cases = [(v, places) for v, places, _ in fixed] + change_cases(random.Random(seed), 20000)
     source = page_function((site / "features" / "0" / "2.html").read_text(encoding="utf-8"), "shownChange")
     open_page(driver, "about:blank")
-    got = driver.execute_script(source + "\nreturn arguments[0].map(function (c) { return shownChange(c[0], c[1]); });",
-                                cases)
-    wrong = [(v, places, g, shown_change(v, places)) for (v, places), g in zip(cases, got)
-             if float(g) != shown_change(v, places)]
-    assert len(got) == len(cases) and not wrong, \
+    got = driver.execute_script(
+        source + "\nreturn arguments[0].map(function (c) { return shownChange(c[0], c[1]); });", cases
+    )
+    wrong = [
+        (v, places, g, shown_change(v, places))
+        for (v, places), g in zip(cases, got)
+        if float(g) != shown_change(v, places)
+    ]
+    assert len(got) == len(cases) and not wrong, (
         f"seed={seed}: {len(wrong)} of {len(cases)} (value, places, shown, correct) differ, e.g. {wrong[:5]}"
+    )
 
 
 @pytest.mark.parametrize("page", ["features/0/2.html", "features/2/1.html"], ids=["direct", "listed"])
@@ -240,11 +268,12 @@ def test_tooltip_shows_the_page_numbers(driver, site, page):
         loss, up, up_values, down, down_values = hover
         assert f"loss effect: {'+' if loss > 0 else ''}{js_number(loss)}" in tip.text
         assert "change in next-token loss when this feature is removed" in tip.text
-        rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-                for tr in tip.find_elements(By.CSS_SELECTOR, "table tr")[1:]]
+        rows = [
+            [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in tip.find_elements(By.CSS_SELECTOR, "table tr")[1:]
+        ]
         signed = [f"{'+' if v > 0 else ''}{js_number(v)}" for v in up_values + down_values]
-        assert rows == [[a, b, c, d] for a, b, c, d in
-                        zip(up, signed[: len(up)], down, signed[len(up):])], k
+        assert rows == [[a, b, c, d] for a, b, c, d in zip(up, signed[: len(up)], down, signed[len(up) :])], k
     marker = driver.find_element(By.CSS_SELECTOR, "#act-hist line")
     assert marker.get_attribute("visibility") == "visible"
     assert len(driver.find_elements(By.CSS_SELECTOR, "#act-hist rect")) == len(data["act_hist"][1])
@@ -264,8 +293,11 @@ def test_keyboard_navigation(driver, site):
 
 
 def test_hostile_tokens_and_notes_stay_text(driver, site):
-    pages = [p for p in sorted((site / "features" / "0").glob("*.html"))
-             if HOSTILE_TOKEN in page_json(p.read_text(encoding="utf-8"))["tokens"]]
+    pages = [
+        p
+        for p in sorted((site / "features" / "0").glob("*.html"))
+        if HOSTILE_TOKEN in page_json(p.read_text(encoding="utf-8"))["tokens"]
+    ]
     assert pages, "the fixture puts the hostile token on some page"
     open_page(driver, pages[0].as_uri())
     texts = driver.execute_script("return Array.from(document.querySelectorAll('.t'), s => s.textContent)")

@@ -3,7 +3,6 @@ Ctrl-C, write failures, and a failed build leaving the previous site untouched."
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures import write_project
 from test_config_errors import run_cli
 
@@ -72,8 +70,9 @@ def test_sigkill_midway_then_resume_is_byte_identical(tmp_path):
     killed = write_project(tmp_path / "killed", n_seq=48, extra=extra)
     clean = write_project(tmp_path / "clean", n_seq=48, extra=extra)
     cache = killed.parent / ".sitegen-cache"
-    proc = subprocess.Popen([*SITEGEN, "build", "--config", str(killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*SITEGEN, "build", "--config", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and len(list(cache.glob("features/*/*.json"))) < 3:
         time.sleep(0.005)
@@ -96,8 +95,13 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     extra = {"features": {"feature_batch_size": 4, "effects": "exact"}, "dataset": {"max_tokens": 48 * 24}}
     config = write_project(tmp_path, n_seq=48, extra=extra)
     cache = config.parent / ".sitegen-cache"
-    proc = subprocess.Popen([*SITEGEN, "build", "--config", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+    proc = subprocess.Popen(
+        [*SITEGEN, "build", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list(cache.glob("features/*/*.json")):
         time.sleep(0.005)
@@ -157,8 +161,12 @@ def test_serve_previews_the_site(monkeypatch, capsys, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([*SITEGEN, "serve", str(config.parent / "site"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible)
+    proc = subprocess.Popen(
+        [*SITEGEN, "serve", str(config.parent / "site"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
+    )
     try:
         for _ in range(200):
             try:

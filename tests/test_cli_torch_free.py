@@ -29,15 +29,17 @@ main()
 
 
 def sitegen(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", SITEGEN_WITHOUT_TORCH, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", SITEGEN_WITHOUT_TORCH, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def project(root: Path) -> Path:
     scaffold_project(root)
     cfg = load_config(root / "site_config.yaml")
-    neurons = DictSpec(name="mlp-l6", kind="neurons", hook_name="blocks.6.mlp.hook_post", d_sae=2048,
-                       feature_ids=tuple(range(4)))
+    neurons = DictSpec(
+        name="mlp-l6", kind="neurons", hook_name="blocks.6.mlp.hook_post", d_sae=2048, feature_ids=tuple(range(4))
+    )
     write_cache(root / cfg.cache, [neurons], config=cfg)
     return root
 
@@ -61,8 +63,13 @@ def test_render_check_init_without_torch(tmp_path):
 def test_serve_without_torch(tmp_path):
     root = project(tmp_path / "proj")
     assert sitegen("render", cwd=root).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-c", SITEGEN_WITHOUT_TORCH, "serve", "site", "--port", "0"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SITEGEN_WITHOUT_TORCH, "serve", "site", "--port", "0"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "http://127.0.0.1:" in line, line + proc.stderr.read()

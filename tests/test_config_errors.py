@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
 from fixtures import tiny_sae, write_project
+
 from sitegen import cli
 
 
@@ -143,8 +143,9 @@ def test_documents_shorter_than_a_window(monkeypatch, capsys, tiny_config):
     docs = [json.dumps({"text": "w1 w2 w3"}), json.dumps({"text": "w4 w5"})]
     (tiny_config.parent / "short.jsonl").write_text("\n".join(docs))
     edit(tiny_config, lambda c: c["dataset"].update(paths=["short.jsonl"]))
-    expect_error(monkeypatch, capsys, tiny_config, "all 2 documents are shorter than one context window",
-                 "longest has 3")
+    expect_error(
+        monkeypatch, capsys, tiny_config, "all 2 documents are shorter than one context window", "longest has 3"
+    )
 
 
 def test_undecodable_bytes(monkeypatch, capsys, tiny_config):

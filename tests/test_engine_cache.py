@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fixtures import tiny_model, tiny_sae, tiny_tokens, write_project
-from sitegen.compute import build_feature_cache, store
-from sitegen.compute.activations import capture_activations
+
 from sitegen.cache.feature_data import FORMAT_VERSION
 from sitegen.cache.files import batch_path, feature_data_from_dict, read_batch, read_json, write_batch
 from sitegen.cache.manifest import read_manifest
+from sitegen.compute import build_feature_cache, store
+from sitegen.compute.activations import capture_activations
 from sitegen.compute.rounding import round_sig
 from sitegen.compute.stats import dense_histograms, row_histograms
 from sitegen.config import load_config
@@ -73,13 +73,22 @@ def test_manifest_schema(built):
     assert on_disk["stats"]["n_tokens"] == 16 * 23 and on_disk["stats"]["n_sequences"] == 16
     prov = on_disk["provenance"]
     assert prov["model"] == "model" and prov["n_layers"] == 2 and prov["d_model"] == 32
-    assert prov["dataset"] == {"paths": ["tokens.npy"], "context_length": 24, "n_sequences": 16,
-                               "n_tokens": 16 * 24, "n_documents": 16}
+    assert prov["dataset"] == {
+        "paths": ["tokens.npy"],
+        "context_length": 24,
+        "n_sequences": 16,
+        "n_tokens": 16 * 24,
+        "n_documents": 16,
+    }
     assert set(manifest["stats"]) >= {"model_passes", "seconds", "reused_batches"}
     assert {k: v for k, v in manifest.items() if k != "stats"} == {k: v for k, v in on_disk.items() if k != "stats"}
     assert sorted(name for name in first if name.startswith("features")) == [
-        "features/0/00000.json", "features/0/00001.json", "features/0/00002.json", "features/0/00003.json",
-        "features/1/00000.json"]
+        "features/0/00000.json",
+        "features/0/00001.json",
+        "features/0/00002.json",
+        "features/0/00003.json",
+        "features/1/00000.json",
+    ]
 
 
 def test_resume_reuses_batches_and_is_identical(built, tmp_path, caplog):
@@ -145,8 +154,9 @@ def test_stale_cache_is_detected_and_rebuilt(built, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="sitegen")
     caplog.clear()
     build_feature_cache(src2, cache, progress=False)
-    assert len(caplog.messages) == 1 and "stale" in caplog.text and "changed input: dataset" in caplog.text, \
+    assert len(caplog.messages) == 1 and "stale" in caplog.text and "changed input: dataset" in caplog.text, (
         caplog.messages
+    )
     assert files_of(cache) != first
     fresh = tmp_path / "fresh"
     build_feature_cache(src2, fresh, progress=False)
@@ -172,7 +182,8 @@ def test_memmapped_activations_give_the_same_features(built, tmp_path):
     build_feature_cache(src, tmp_path / "cache", progress=False)
     got = files_of(tmp_path / "cache")
     assert {k: v for k, v in got.items() if k != "manifest.json"} == {
-        k: v for k, v in first.items() if k != "manifest.json"}
+        k: v for k, v in first.items() if k != "manifest.json"
+    }
     assert not (tmp_path / "cache" / "activations.tmp").exists()
 
 
@@ -215,21 +226,32 @@ def test_hovers_of_every_kind_of_row_round_trip_through_the_cache():
     g = torch.Generator().manual_seed(SEED)
     n, k = 40, 3
     kind = torch.arange(n) % 4  # 0, 1: direct; 2: listed; 3: not finite
-    coef = torch.where(kind < 2, torch.randn(n, generator=g) * 10.0 ** torch.randint(-12, 2, (n,), generator=g), float("nan"))
+    coef = torch.where(
+        kind < 2, torch.randn(n, generator=g) * 10.0 ** torch.randint(-12, 2, (n,), generator=g), float("nan")
+    )
     coef[0] = -0.0
     loss = torch.randn(n, generator=g) * 1e-3
     loss[1] = -0.0
     loss[kind == 3] = float("inf")
     shift = torch.randn(n, generator=g) * 1e-4
-    table = HoverTable(loss, torch.randint(0, 50, (n, k), generator=g), torch.randn(n, k, generator=g),
-                       torch.randint(0, 50, (n, k), generator=g), torch.randn(n, k, generator=g),
-                       torch.isfinite(loss), coef, shift)
+    table = HoverTable(
+        loss,
+        torch.randint(0, 50, (n, k), generator=g),
+        torch.randn(n, k, generator=g),
+        torch.randint(0, 50, (n, k), generator=g),
+        torch.randn(n, k, generator=g),
+        torch.isfinite(loss),
+        coef,
+        shift,
+    )
     hovers = hovers_of(table)
     expected = {0: DirectHover, 1: DirectHover, 2: ListedHover, 3: type(None)}
     assert [type(h) for h in hovers] == [expected[kd] for kd in kind.tolist()], f"seed {SEED}"
     for i, h in enumerate(hovers):
         if isinstance(h, DirectHover):
-            assert h.coef == float(f"{coef[i].item():.7g}") and h.shift == float(f"{shift[i].item():.7g}"), f"seed {SEED}"
+            assert h.coef == float(f"{coef[i].item():.7g}") and h.shift == float(f"{shift[i].item():.7g}"), (
+                f"seed {SEED}"
+            )
         if isinstance(h, ListedHover):
             assert h.top.token_ids == table.top_ids[i].tolist() and len(h.bottom.values) == k, f"seed {SEED}"
         if h is not None:
@@ -261,8 +283,12 @@ def test_effects_none_has_no_hovers(tmp_path):
 
 
 def test_round_sig_matches_printf():
-    x = torch.cat([torch.randn(20000, dtype=torch.float64) * 10.0 ** torch.randint(-20, 20, (20000,)),
-                   torch.tensor([0.0, -0.0, 1000.0, 999.95, 9.9995, 0.001, 1e-25, 123456789.0, 5e-324])])
+    x = torch.cat(
+        [
+            torch.randn(20000, dtype=torch.float64) * 10.0 ** torch.randint(-20, 20, (20000,)),
+            torch.tensor([0.0, -0.0, 1000.0, 999.95, 9.9995, 0.001, 1e-25, 123456789.0, 5e-324]),
+        ]
+    )
     assert round_sig(x).tolist() == [float(f"{v:.4g}") for v in x.tolist()]
 
 
@@ -295,10 +321,16 @@ def test_histograms_match_numpy_on_edges():
     rows, vals = [], []
     up = np.float32(1e6) + np.float32(1e6) * np.finfo(np.float32).eps * np.arange(4, dtype=np.float32)
     for r, kind in enumerate(["ints", "equal", "random", "empty", "single", "single 1e6", "equal 1e6", "ulps 1e6"]):
-        v = {"ints": np.arange(41, dtype=np.float32), "equal": np.full(7, 2.5, np.float32),
-             "random": rng.normal(size=300).astype(np.float32), "empty": np.zeros(0, np.float32),
-             "single": np.array([-3.0], np.float32), "single 1e6": np.array([1e6], np.float32),
-             "equal 1e6": np.full(5, -1e6, np.float32), "ulps 1e6": up[[0, 1, 1, 3, 2]]}[kind]
+        v = {
+            "ints": np.arange(41, dtype=np.float32),
+            "equal": np.full(7, 2.5, np.float32),
+            "random": rng.normal(size=300).astype(np.float32),
+            "empty": np.zeros(0, np.float32),
+            "single": np.array([-3.0], np.float32),
+            "single 1e6": np.array([1e6], np.float32),
+            "equal 1e6": np.full(5, -1e6, np.float32),
+            "ulps 1e6": up[[0, 1, 1, 3, 2]],
+        }[kind]
         rows.append(np.full(len(v), r))
         vals.append(v)
     rows_t, vals_t = torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(vals))
@@ -363,8 +395,9 @@ def test_activation_store_on_disk_beyond_its_budget(budget, tmp_path, monkeypatc
     dense = d.encode(h)  # [300, 64]
     log_bytes = 12 * int((dense[counted] != 0).sum())
     folder = tmp_path / "scratch"
-    acts = store.SparseActs(d, h, counted, "cpu", False, {"none": 0, "part": log_bytes // 3, "all": 10**9}[budget],
-                            folder)
+    acts = store.SparseActs(
+        d, h, counted, "cpu", False, {"none": 0, "part": log_bytes // 3, "all": 10**9}[budget], folder
+    )
     assert bool(acts.arrays.files) == (budget != "all"), seed
     keep = counted[:, None] & (dense != 0) & ~dense.isnan()  # [300, 64]
     for f in range(64):
@@ -390,8 +423,9 @@ def test_activation_store_on_disk_beyond_its_budget(budget, tmp_path, monkeypatc
 def test_activation_store_of_a_dictionary_that_never_fires_at_counted_positions(tmp_path):
     d = SAEDictionary("d", tiny_sae(), tiny_model(), list(range(64)))
     for budget in (0, 10**9):
-        acts = store.SparseActs(d, torch.randn(50, 32), torch.zeros(50, dtype=torch.bool), "cpu", False, budget,
-                                tmp_path / "scratch")
+        acts = store.SparseActs(
+            d, torch.randn(50, 32), torch.zeros(50, dtype=torch.bool), "cpu", False, budget, tmp_path / "scratch"
+        )
         ent = acts.entries(torch.arange(64))
         assert len(ent.tok) == 0 and acts.ptr.sum() == 0 and acts.matrix.to_dense().abs().sum() == 0
         gram, _ = acts.correlation_sums(torch.arange(64), ent)

@@ -50,10 +50,19 @@ def test_hostile_markdown_is_sanitised(text):
 
 
 def test_markdown_still_formats():
-    html = markdown_html("# Title\n\n**bold** `code` [link](https://example.org) and [rel](about.html)\n\n"
-                         "| a | b |\n|---|---|\n| 1 | 2 |\n")
-    for expected in ("<h1>Title</h1>", "<strong>bold</strong>", "<code>code</code>", 'href="https://example.org"',
-                     'href="about.html"', "<table>", "<td>1</td>"):
+    html = markdown_html(
+        "# Title\n\n**bold** `code` [link](https://example.org) and [rel](about.html)\n\n"
+        "| a | b |\n|---|---|\n| 1 | 2 |\n"
+    )
+    for expected in (
+        "<h1>Title</h1>",
+        "<strong>bold</strong>",
+        "<code>code</code>",
+        'href="https://example.org"',
+        'href="about.html"',
+        "<table>",
+        "<td>1</td>",
+    ):
         assert expected in html
 
 
@@ -66,16 +75,19 @@ def test_plain_snippet():
 SUMMARIES = [DictionarySummary("sae", "sae", "blocks.6.hook_resid_post", 640, 4096, [0, 1], "direct", "")]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("mlp:\n  1: note\n", "no dictionary of that name"),
-    ("sae:\n  one: note\n", "feature ids must be integers"),
-    ("sae:\n  4096: note\n", "out of range"),
-    ("sae:\n  -1: note\n", "out of range"),
-    ("sae: [1, 2]\n", "expected a mapping of feature ids"),
-    ("- sae\n", "expected a mapping of dictionary names"),
-    ("sae:\n  1: [a, b]\n", "a note must be Markdown text"),
-    ("sae:\n  1: note\n  bad: [\n", "YAML syntax error at line"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("mlp:\n  1: note\n", "no dictionary of that name"),
+        ("sae:\n  one: note\n", "feature ids must be integers"),
+        ("sae:\n  4096: note\n", "out of range"),
+        ("sae:\n  -1: note\n", "out of range"),
+        ("sae: [1, 2]\n", "expected a mapping of feature ids"),
+        ("- sae\n", "expected a mapping of dictionary names"),
+        ("sae:\n  1: [a, b]\n", "a note must be Markdown text"),
+        ("sae:\n  1: note\n  bad: [\n", "YAML syntax error at line"),
+    ],
+)
 def test_bad_notes_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "notes.yaml"
     path.write_text(text)
@@ -92,12 +104,15 @@ def test_notes_load(tmp_path):
     assert load_notes(path, SUMMARIES) == {}
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("my page.md", b"x", "may only use letters"),
-    ("index.md", b"x", "reserved"),
-    ("404.md", b"x", "reserved"),
-    ("latin1.md", "caf\u00e9".encode("latin-1"), "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("my page.md", b"x", "may only use letters"),
+        ("index.md", b"x", "reserved"),
+        ("404.md", b"x", "reserved"),
+        ("latin1.md", "caf\u00e9".encode("latin-1"), "not UTF-8"),
+    ],
+)
 def test_bad_pages_are_one_line_errors(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(SitegenError) as err:

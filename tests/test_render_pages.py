@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures import HOSTILE
 from site_fixtures import (
     PAYLOADS,
     DictSpec,
@@ -25,7 +26,6 @@ from site_fixtures import (
     write_cache,
 )
 
-from fixtures import HOSTILE
 from sitegen.cache.feature_data import DirectHover, Example
 from sitegen.cache.files import read_features, write_batch
 from sitegen.errors import SitegenError
@@ -38,8 +38,14 @@ from sitegen.sources.tokens import display_text
 
 SPECS = [
     DictSpec(name="sae", d_sae=16, feature_ids=tuple(range(12)), dead=frozenset({3})),
-    DictSpec(name="mlp", kind="neurons", hook_name="blocks.6.mlp.hook_post", d_sae=2048, feature_ids=(0, 1),
-             dead=frozenset({0, 1})),
+    DictSpec(
+        name="mlp",
+        kind="neurons",
+        hook_name="blocks.6.mlp.hook_post",
+        d_sae=2048,
+        feature_ids=(0, 1),
+        dead=frozenset({0, 1}),
+    ),
     DictSpec(name="signed", d_sae=64, feature_ids=(5, 9), negative=True),
     DictSpec(name="exact", d_sae=16, feature_ids=(0, 1), effects="exact"),  # hovers listed in full
 ]
@@ -107,11 +113,12 @@ def test_tables_match_feature_data(site):
         html = read(site, f"features/0/{fid}.html")
         rows = table_cells(html, "neuron_alignment")
         assert [[int(r[0]), number(r[1]), number(r[2])] for r in rows] == [
-            [i, v, e] for i, v, e in zip(fd.neuron_alignment.ids, fd.neuron_alignment.values,
-                                         fd.neuron_alignment.extra)]
+            [i, v, e] for i, v, e in zip(fd.neuron_alignment.ids, fd.neuron_alignment.values, fd.neuron_alignment.extra)
+        ]
         rows = table_cells(html, "decoder_neighbours")
         assert [[int(r[0]), number(r[1])] for r in rows] == [
-            [i, v] for i, v in zip(fd.decoder_neighbours.ids, fd.decoder_neighbours.values)]
+            [i, v] for i, v in zip(fd.decoder_neighbours.ids, fd.decoder_neighbours.values)
+        ]
         for table, tv in (("logit-top", fd.logit_top), ("logit-bottom", fd.logit_bottom)):
             rows = table_cells(html, table)
             assert [(r[0], number(r[1])) for r in rows] == [(texts[i], v) for i, v in zip(tv.token_ids, tv.values)]
@@ -146,8 +153,10 @@ def test_negative_group_and_intervals_are_labelled(site):
     html = read(site, "features/2/5.html")
     fd = cached(site, 2)[5]
     neg = fd.negative
-    assert (f"the {len(neg.examples)} lowest, from [{number_text(neg.lower)}, 0) · "
-            f"{percent_text(neg.fraction)} of non-zero activations are negative") in html
+    assert (
+        f"the {len(neg.examples)} lowest, from [{number_text(neg.lower)}, 0) · "
+        f"{percent_text(neg.fraction)} of non-zero activations are negative"
+    ) in html
     for g in fd.intervals:
         assert f"Interval ({number_text(g.lower)}, {number_text(g.upper)}]" in html
     assert len(page_json(html)["groups"]) == 1 + len(fd.intervals) + 1
@@ -180,8 +189,16 @@ def test_index_lists_every_feature_and_dead_dictionaries(site):
 
 def test_about_and_markdown_pages(site):
     about = read(site, "about.html")
-    for expected in ("About us", "<em>synthetic</em>", "synthetic-model", "texts/*.txt", "0123abcd", "sae",
-                     "signed", "model_passes"):
+    for expected in (
+        "About us",
+        "<em>synthetic</em>",
+        "synthetic-model",
+        "texts/*.txt",
+        "0123abcd",
+        "sae",
+        "signed",
+        "model_passes",
+    ):
         assert expected in about
     assert "Reading guide" in read(site, "guide.html") and 'href="guide.html"' in read(site, "index.html")
     assert 'href="../../guide.html"' in read(site, "features/0/0.html")
@@ -211,8 +228,15 @@ def test_dense_neuron_pages_fit_the_budget(tmp_path):
                 examples[i] = shifted(examples[i - 1], 1, maker.tokens(1))
         features.append(fd)
     cache = tmp_path / "cache"
-    spec = DictSpec(name="mlp", kind="neurons", hook_name="blocks.6.mlp.hook_post", d_in=2048, d_sae=2048,
-                    feature_ids=tuple(range(4)), negative=True)
+    spec = DictSpec(
+        name="mlp",
+        kind="neurons",
+        hook_name="blocks.6.mlp.hook_post",
+        d_in=2048,
+        d_sae=2048,
+        feature_ids=tuple(range(4)),
+        negative=True,
+    )
     write_cache(cache, [spec], texts=texts)
     write_batch(cache, 0, 0, features)
     site = render_site(cache, site_config(tmp_path), tmp_path / "site")
@@ -226,8 +250,14 @@ def test_dense_neuron_pages_fit_the_budget(tmp_path):
 def shifted(ex: Example, by: int, maker_tokens: list[int]) -> Example:
     """The window of ``ex`` moved ``by`` tokens right in the same sequence (new tail tokens)."""
     last = ex.hovers[-1]
-    return Example(ex.seq, ex.pos + by, ex.start + by, ex.token_ids[by:] + maker_tokens[:by],
-                   ex.acts[by:] + [ex.acts[-1]] * by, ex.hovers[by:] + [last] * by)
+    return Example(
+        ex.seq,
+        ex.pos + by,
+        ex.start + by,
+        ex.token_ids[by:] + maker_tokens[:by],
+        ex.acts[by:] + [ex.acts[-1]] * by,
+        ex.hovers[by:] + [last] * by,
+    )
 
 
 def test_overlapping_windows_share_records():

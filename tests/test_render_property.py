@@ -7,6 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from fixtures import HOSTILE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from site_fixtures import (
@@ -18,10 +19,10 @@ from site_fixtures import (
     expected_examples,
     page_json,
     same_examples,
+    site_config,
+    write_cache,
 )
-from site_fixtures import site_config, write_cache
 
-from fixtures import HOSTILE
 from sitegen.cache.files import read_features
 from sitegen.render import render_site
 from sitegen.render.markup import ALLOWED_TAGS
@@ -29,15 +30,71 @@ from sitegen.sources.tokens import display_text
 
 # every element the templates and scripts of a page are built from
 TEMPLATE_TAGS = {
-    "html", "head", "meta", "link", "title", "style", "body", "header", "nav", "main", "section", "article",
-    "a", "span", "h1", "h2", "h3", "p", "code", "dl", "div", "dt", "dd", "small", "strong", "table", "caption",
-    "thead", "tbody", "tr", "th", "td", "figure", "figcaption", "svg", "script", "form", "label", "input",
-    "select", "option", "button", "noscript",
+    "html",
+    "head",
+    "meta",
+    "link",
+    "title",
+    "style",
+    "body",
+    "header",
+    "nav",
+    "main",
+    "section",
+    "article",
+    "a",
+    "span",
+    "h1",
+    "h2",
+    "h3",
+    "p",
+    "code",
+    "dl",
+    "div",
+    "dt",
+    "dd",
+    "small",
+    "strong",
+    "table",
+    "caption",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "figure",
+    "figcaption",
+    "svg",
+    "script",
+    "form",
+    "label",
+    "input",
+    "select",
+    "option",
+    "button",
+    "noscript",
 }
-FRAGMENTS = HOSTILE + PAYLOADS + [
-    "</script>", "<!--", "-->", "<script>window.__pwned=1</script>", "\u2028", "\u2029", "</style>", "&",
-    "javascript:alert(1)", '"><svg/onload=alert(1)>', "{{ 7*7 }}", "{% raw %}", "\\", "'", "`",
-]
+FRAGMENTS = (
+    HOSTILE
+    + PAYLOADS
+    + [
+        "</script>",
+        "<!--",
+        "-->",
+        "<script>window.__pwned=1</script>",
+        "\u2028",
+        "\u2029",
+        "</style>",
+        "&",
+        "javascript:alert(1)",
+        '"><svg/onload=alert(1)>',
+        "{{ 7*7 }}",
+        "{% raw %}",
+        "\\",
+        "'",
+        "`",
+    ]
+)
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 hostile_text = st.lists(st.one_of(text, st.sampled_from(FRAGMENTS)), min_size=1, max_size=4).map("".join)
 SIZES = Sizes(top_examples=3, n_intervals=2, per_interval=2, hover_top=2, logit_top=3, bins=4, active_rate=0.5)
@@ -57,8 +114,9 @@ def assert_only_built_elements(html: str, page: str) -> None:
         if tag == "svg":
             assert attrs.get("id") in ("act-hist", "logit-hist"), (page, attrs)
     scripts = [attrs for attrs, _ in parser.scripts]
-    assert all(a in ({}, {"type": "application/json", "id": "data"}, {"src": "assets/index-data.js"})
-               for a in scripts), (page, scripts)
+    assert all(
+        a in ({}, {"type": "application/json", "id": "data"}, {"src": "assets/index-data.js"}) for a in scripts
+    ), (page, scripts)
     assert len(scripts) <= 2
 
 

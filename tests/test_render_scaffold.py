@@ -24,8 +24,9 @@ def steps(workflow: dict, job: str) -> list[dict]:
 
 
 def run_lines(workflow: dict) -> list[str]:
-    return [line.strip() for step in steps(workflow, "build") for line in step.get("run", "").splitlines()
-            if line.strip()]
+    return [
+        line.strip() for step in steps(workflow, "build") for line in step.get("run", "").splitlines() if line.strip()
+    ]
 
 
 def sitegen_command(workflow: dict, name: str) -> list[str]:
@@ -77,8 +78,9 @@ def test_workflow_builds_checks_and_publishes(tmp_path):
     # replaced by a synthetic feature cache)
     assert sitegen_command(workflow, "build") == ["sitegen", "build"]
     cfg = load_config(tmp_path / "site_config.yaml")
-    neurons = DictSpec(name="mlp-l6", kind="neurons", hook_name="blocks.6.mlp.hook_post", d_sae=2048,
-                       feature_ids=tuple(range(4)))
+    neurons = DictSpec(
+        name="mlp-l6", kind="neurons", hook_name="blocks.6.mlp.hook_post", d_sae=2048, feature_ids=tuple(range(4))
+    )
     cache = write_cache(tmp_path / cfg.cache, [neurons])
     site = render_site(cache, cfg, cfg.resolve(cfg.out))
     assert site == tmp_path / site_dir

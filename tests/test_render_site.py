@@ -13,13 +13,18 @@ from sitegen.errors import SitegenError
 from sitegen.render import check_site, render_site
 from sitegen.render.site import SiteWriter
 
-SPECS = [DictSpec(feature_ids=(0, 1, 2, 5), dead=frozenset({2})),
-         DictSpec(name="mlp", kind="neurons", hook_name="blocks.6.mlp.hook_post", feature_ids=(3,))]
+SPECS = [
+    DictSpec(feature_ids=(0, 1, 2, 5), dead=frozenset({2})),
+    DictSpec(name="mlp", kind="neurons", hook_name="blocks.6.mlp.hook_post", feature_ids=(3,)),
+]
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -88,12 +93,14 @@ def test_check_site_finds_broken_links(tmp_path, project):
     tampered = tmp_path / "tampered"
     shutil.copytree(site, tampered)
     page = tampered / "features" / "0" / "0.html"
-    page.write_text(page.read_text(encoding="utf-8").replace('href="1.html"', 'href="missing.html"'),
-                    encoding="utf-8")
+    page.write_text(page.read_text(encoding="utf-8").replace('href="1.html"', 'href="missing.html"'), encoding="utf-8")
     (tampered / "features" / "0" / "5.html").unlink()
     about = tampered / "about.html"
-    about.write_text(about.read_text(encoding="utf-8").replace("</main>", '<a href="/abs.html">x</a>'
-                                                               '<a href="javascript:alert(1)">y</a></main>'))
+    about.write_text(
+        about.read_text(encoding="utf-8").replace(
+            "</main>", '<a href="/abs.html">x</a><a href="javascript:alert(1)">y</a></main>'
+        )
+    )
     problems = check_site(tampered)
     assert "features/0/0.html: broken link 'missing.html' (no features/0/missing.html)" in problems
     assert any(p.startswith("features/0/2.html: broken link '5.html'") for p in problems)  # its "next" link

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import dataclasses
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from fixtures import HOSTILE, N_CTX, VOCAB, WORDS, tiny_model, tiny_sae, write_project
+
 from sitegen.config import load_config
 from sitegen.sources import load_sources
 from sitegen.sources.dataset import document_cap, load_tokens

@@ -15,52 +15,89 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from fixtures import write_project
+
 from sitegen.config import load_config
 from sitegen.errors import SitegenError
 from sitegen.sources.model import CONVERTIBLE, load_hf_checkpoint, load_model
 
 VOCAB = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"t{i}" for i in range(252)]
-SHAPE = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
-         "max_position_embeddings": 64}
+SHAPE = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 64}
 LAYERS = {"num_hidden_layers": 2}
 # HF config class and the fields that make it tiny (2 layers, d_model 64); sliding windows of
 # 4 tokens, so the 12-token inputs cross them.
 TINY = {
     "GPT2LMHeadModel": ("GPT2Config", {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64}),
-    "GPTNeoForCausalLM": ("GPTNeoConfig", {"num_layers": 2, "hidden_size": 64, "num_heads": 4,
-                                           "attention_types": [[["global", "local"], 1]],
-                                           "window_size": 4, "max_position_embeddings": 64}),
-    "GPTJForCausalLM": ("GPTJConfig", {"n_layer": 2, "n_embd": 64, "n_head": 4, "rotary_dim": 8,
-                                       "n_positions": 64}),
+    "GPTNeoForCausalLM": (
+        "GPTNeoConfig",
+        {
+            "num_layers": 2,
+            "hidden_size": 64,
+            "num_heads": 4,
+            "attention_types": [[["global", "local"], 1]],
+            "window_size": 4,
+            "max_position_embeddings": 64,
+        },
+    ),
+    "GPTJForCausalLM": ("GPTJConfig", {"n_layer": 2, "n_embd": 64, "n_head": 4, "rotary_dim": 8, "n_positions": 64}),
     "GPTNeoXForCausalLM": ("GPTNeoXConfig", {**SHAPE, **LAYERS, "rotary_pct": 0.5}),
-    "OPTForCausalLM": ("OPTConfig", {"hidden_size": 64, "num_attention_heads": 4, "ffn_dim": 128,
-                                     "word_embed_proj_dim": 64, "max_position_embeddings": 64, **LAYERS}),
+    "OPTForCausalLM": (
+        "OPTConfig",
+        {
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "ffn_dim": 128,
+            "word_embed_proj_dim": 64,
+            "max_position_embeddings": 64,
+            **LAYERS,
+        },
+    ),
     "BloomForCausalLM": ("BloomConfig", {"hidden_size": 64, "n_head": 4, "n_layer": 2}),
     "LlamaForCausalLM": ("LlamaConfig", {**SHAPE, **LAYERS, "num_key_value_heads": 2}),
-    "MistralForCausalLM": ("MistralConfig", {**SHAPE, **LAYERS, "num_key_value_heads": 2,
-                                             "sliding_window": 4}),
-    "MixtralForCausalLM": ("MixtralConfig", {**SHAPE, **LAYERS, "num_key_value_heads": 2,
-                                             "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "MistralForCausalLM": ("MistralConfig", {**SHAPE, **LAYERS, "num_key_value_heads": 2, "sliding_window": 4}),
+    "MixtralForCausalLM": (
+        "MixtralConfig",
+        {**SHAPE, **LAYERS, "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2},
+    ),
     "Qwen2ForCausalLM": ("Qwen2Config", {**SHAPE, **LAYERS, "num_key_value_heads": 2}),
     "Qwen3ForCausalLM": ("Qwen3Config", {**SHAPE, **LAYERS, "num_key_value_heads": 2, "head_dim": 16}),
-    "Phi3ForCausalLM": ("Phi3Config", {**SHAPE, **LAYERS, "num_key_value_heads": 2,
-                                       "pad_token_id": 0}),
-    "OlmoeForCausalLM": ("OlmoeConfig", {**SHAPE, **LAYERS, "num_key_value_heads": 2, "num_experts": 4,
-                                         "num_experts_per_tok": 2}),
-    "Olmo3ForCausalLM": ("Olmo3Config", {**SHAPE, **LAYERS, "num_key_value_heads": 2, "sliding_window": 4,
-                                         "layer_types": ["sliding_attention", "full_attention"]}),
+    "Phi3ForCausalLM": ("Phi3Config", {**SHAPE, **LAYERS, "num_key_value_heads": 2, "pad_token_id": 0}),
+    "OlmoeForCausalLM": (
+        "OlmoeConfig",
+        {**SHAPE, **LAYERS, "num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2},
+    ),
+    "Olmo3ForCausalLM": (
+        "Olmo3Config",
+        {
+            **SHAPE,
+            **LAYERS,
+            "num_key_value_heads": 2,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+    ),
     "ApertusForCausalLM": ("ApertusConfig", {**SHAPE, **LAYERS, "num_key_value_heads": 2}),
     "GemmaForCausalLM": ("GemmaConfig", {**SHAPE, **LAYERS, "num_key_value_heads": 2, "head_dim": 16}),
-    "Gemma2ForCausalLM": ("Gemma2Config", {**SHAPE, **LAYERS, "num_key_value_heads": 2, "head_dim": 16,
-                                           "sliding_window": 4, "query_pre_attn_scalar": 24}),
-    "Gemma3ForCausalLM": ("Gemma3TextConfig", {
-        **SHAPE, **LAYERS, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4,
-        "query_pre_attn_scalar": 24, "layer_types": ["sliding_attention", "full_attention"],
-        "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
-                            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
-    }),
+    "Gemma2ForCausalLM": (
+        "Gemma2Config",
+        {**SHAPE, **LAYERS, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4, "query_pre_attn_scalar": 24},
+    ),
+    "Gemma3ForCausalLM": (
+        "Gemma3TextConfig",
+        {
+            **SHAPE,
+            **LAYERS,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "sliding_window": 4,
+            "query_pre_attn_scalar": 24,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        },
+    ),
 }
 
 
@@ -189,10 +226,17 @@ def test_config_json_without_architectures_needs_the_key(tmp_path, no_network):
 @pytest.mark.parametrize(
     "architecture,message",
     [
-        ("gpt2", (r"^model\.architecture: gpt2 \(for .*ckpt\) cannot be converted by TransformerLens "
-                  r"\(supported HF classes: .*GPT2LMHeadModel")),
-        ("LlamaForCausalLM",
-         r"^model\.architecture: LlamaForCausalLM does not match .*config\.json, which loads as GPT2LMHeadModel$"),
+        (
+            "gpt2",
+            (
+                r"^model\.architecture: gpt2 \(for .*ckpt\) cannot be converted by TransformerLens "
+                r"\(supported HF classes: .*GPT2LMHeadModel"
+            ),
+        ),
+        (
+            "LlamaForCausalLM",
+            r"^model\.architecture: LlamaForCausalLM does not match .*config\.json, which loads as GPT2LMHeadModel$",
+        ),
     ],
 )
 def test_wrong_architecture_is_one_line(tmp_path, no_network, architecture, message):
@@ -306,8 +350,15 @@ def test_offline_loading_needs_no_offline_environment_and_makes_no_network_attem
         save_checkpoint(cache / embedded.cache_dir().name, "Gemma3ForCausalLM")
         loads += ["embedded", "-"]
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, *loads], env={**env, "SITEGEN_CACHE_DIR": str(cache)},
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", OFFLINE_SCRIPT, *loads],
+        env={**env, "SITEGEN_CACHE_DIR": str(cache)},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["before"] is False and result["after"] is False  # the environment had no flag

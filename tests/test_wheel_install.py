@@ -28,8 +28,9 @@ SHIPPED = ("pyproject.toml", "README.md", "LICENSE", "sitegen", "templates", "st
 
 
 def run(cmd: str | list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, shell=isinstance(cmd, str), cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        cmd, shell=isinstance(cmd, str), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, (cmd, result.stdout[-2000:], result.stderr[-2000:])
     return result
 
@@ -52,8 +53,21 @@ def installed(tmp_path_factory):
             shutil.copy2(source, root / "src" / name)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PIP_USER")}
     env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(root / "wheels"))
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "wheels"),
-         str(root / "src")], root, env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(root / "wheels"),
+            str(root / "src"),
+        ],
+        root,
+        env,
+    )
 
     venv = root / "venv"
     run([sys.executable, "-m", "venv", str(venv)], root, env)

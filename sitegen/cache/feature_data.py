@@ -123,8 +123,12 @@ class FeatureData:
 
     def token_ids(self) -> set[int]:
         """Every token id the feature's page shows (``tokens.json`` must have their texts)."""
-        ids = {*self.top_tokens.token_ids, *self.logit_top.token_ids, *self.logit_bottom.token_ids,
-               *self.hover_basis.token_ids}
+        ids = {
+            *self.top_tokens.token_ids,
+            *self.logit_top.token_ids,
+            *self.logit_bottom.token_ids,
+            *self.hover_basis.token_ids,
+        }
         for ex in self.examples():
             ids.update(ex.token_ids)
             for h in ex.hovers:

@@ -78,6 +78,7 @@ def renderable_manifest(cache: Path, cfg: Config) -> dict:
         raise SitegenError(f"{cache}: the feature cache is incomplete; run 'sitegen build' to finish it")
     if manifest.get("config_hash") != config_hash(cfg):
         changed = changed_keys(manifest.get("config_keys", {}), config_keys(cfg)) or ["(unknown)"]
-        raise SitegenError(f"{cache}: built from another config (changed: {', '.join(changed)}); "
-                           "run 'sitegen build' to update it")
+        raise SitegenError(
+            f"{cache}: built from another config (changed: {', '.join(changed)}); run 'sitegen build' to update it"
+        )
     return manifest

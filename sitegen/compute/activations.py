@@ -63,8 +63,11 @@ class ActivationCache:
 
     def bytes_in_memory(self) -> int:
         """What the captured activations take of ``features.activation_cache_mb``."""
-        return 0 if self.folder is not None else sum(t.numel() * t.element_size() for t in
-                                                      {id(t): t for t in self.acts.values()}.values())
+        return (
+            0
+            if self.folder is not None
+            else sum(t.numel() * t.element_size() for t in {id(t): t for t in self.acts.values()}.values())
+        )
 
     def close(self) -> None:
         self.acts.clear()
@@ -91,8 +94,9 @@ def _buffers(widths: dict[str, int], n_tok: int, budget_mb: int, cache_dir: Path
     cache = ActivationCache({}, folder)
     try:
         for i, (name, width) in enumerate(widths.items()):
-            cache.acts[name] = cache.mappings.tensor(folder / f"{i}.f32", (n_tok, width), torch.float32,
-                                                     "activation memmap")
+            cache.acts[name] = cache.mappings.tensor(
+                folder / f"{i}.f32", (n_tok, width), torch.float32, "activation memmap"
+            )
     except SitegenError:
         cache.close()
         raise
@@ -115,7 +119,7 @@ def capture_activations(
     sources = {name: source_hook(name) for name in widths}
     cache = _buffers({sources[name]: w for name, w in widths.items()}, n_seq * ctx, budget_mb, cache_dir)
     stops = [stop_layer(name) for name in cache.acts]
-    stop = None if None in stops else max(stops)
+    stop = None if any(s is None for s in stops) else max(s for s in stops if s is not None)
     device = model.cfg.device
     rows = slice(0, 0)
 

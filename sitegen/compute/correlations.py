@@ -31,8 +31,9 @@ def varied(n: int, s: torch.Tensor, ss: torch.Tensor) -> tuple[torch.Tensor, tor
     return var, var > CONSTANT * n * ss.clamp(min=torch.finfo(torch.float64).tiny)
 
 
-def pearson(n: int, sxy: torch.Tensor, sx: torch.Tensor, sxx: torch.Tensor, sy: torch.Tensor,
-            syy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pearson(
+    n: int, sxy: torch.Tensor, sx: torch.Tensor, sxx: torch.Tensor, sy: torch.Tensor, syy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pearson r [B, K] of x rows (sums [B]) against y columns (sums [K]) over n positions,
     and where it is defined (neither vector constant)."""
     var_x, ok_x = varied(n, sx, sxx)
@@ -65,8 +66,17 @@ def top_ranked(score: torch.Tensor, valid: torch.Tensor, n: int, extra: torch.Te
     return RankedRows(ids, score.gather(1, ids), None if extra is None else extra.gather(1, ids), count)
 
 
-def correlated(n: int, sxy: torch.Tensor, sx: torch.Tensor, sxx: torch.Tensor, sy: torch.Tensor,
-               syy: torch.Tensor, top: int, exclude: torch.Tensor | None, with_cosine: bool) -> RankedRows:
+def correlated(
+    n: int,
+    sxy: torch.Tensor,
+    sx: torch.Tensor,
+    sxx: torch.Tensor,
+    sy: torch.Tensor,
+    syy: torch.Tensor,
+    top: int,
+    exclude: torch.Tensor | None,
+    with_cosine: bool,
+) -> RankedRows:
     """Top ``top`` columns by Pearson r; ``exclude`` [B] column index to skip per row (itself)."""
     r, ok = pearson(n, sxy, sx, sxx, sy, syy)
     if exclude is not None:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import gc
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from tqdm import tqdm
 
+from sitegen.cache.feature_data import DictionarySummary
+from sitegen.cache.files import batch_path, read_batch, read_json, write_batch, write_json
+from sitegen.cache.manifest import stale_reason
 from sitegen.compute.activations import (
     MEMMAP_DIR,
     ActivationCache,
@@ -27,9 +30,6 @@ from sitegen.compute.activations import (
     remove_scratch,
     start_layer,
 )
-from sitegen.cache.feature_data import DictionarySummary
-from sitegen.cache.files import batch_path, read_batch, read_json, write_batch, write_json
-from sitegen.cache.manifest import stale_reason
 from sitegen.compute.batch import DictionaryContext, batch_tensors
 from sitegen.compute.correlations import unit_rows
 from sitegen.compute.effects import NormConvention, norm_convention
@@ -56,8 +56,18 @@ def summaries_of(src: Sources, norm: NormConvention, directions: list) -> list[D
     out = []
     for d, dirs in zip(src.dictionaries, directions):
         effects = dictionary_effects(src.config.features.effects, dirs)
-        out.append(DictionarySummary(d.name, d.kind, d.hook_name, d.d_in, d.d_sae, list(d.feature_ids), effects,
-                                     norm.note(effects, dirs is not None, post_norm(src.model, d.hook_name))))
+        out.append(
+            DictionarySummary(
+                d.name,
+                d.kind,
+                d.hook_name,
+                d.d_in,
+                d.d_sae,
+                list(d.feature_ids),
+                effects,
+                norm.note(effects, dirs is not None, post_norm(src.model, d.hook_name)),
+            )
+        )
     return out
 
 
@@ -87,20 +97,34 @@ def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path
             widths[f"{norm}.hook_scale"] = 1
         if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
             widths[block_hook(layer, "hook_resid_pre")] = model.cfg.d_model
-    return capture_activations(model, src.data.tokens, widths, fc.token_batch_size, fc.activation_cache_mb,
-                               cache_dir, progress)
+    return capture_activations(
+        model, src.data.tokens, widths, fc.token_batch_size, fc.activation_cache_mb, cache_dir, progress
+    )
 
 
-def context_for(src: Sources, *, i: int, cache: ActivationCache, cache_dir: Path, norm: NormConvention,
-                directions: torch.Tensor | None, progress: bool) -> DictionaryContext:
+def context_for(
+    src: Sources,
+    *,
+    i: int,
+    cache: ActivationCache,
+    cache_dir: Path,
+    norm: NormConvention,
+    directions: torch.Tensor | None,
+    progress: bool,
+) -> DictionaryContext:
     """The shared state of one dictionary's batches; its activation store gets what the captured
     activations leave of the budget, beyond which it goes to disk in the scratch folder."""
     d, model, data = src.dictionaries[i], src.model, src.data
     counted = ~data.ignore.reshape(-1)
     hook = cache.acts[d.hook_name]
     budget = max(0, src.config.features.activation_cache_mb * 2**20 - cache.bytes_in_memory())
-    acts = (NeuronActs(d, hook, counted, cache.release) if d.kind == "neurons" else
-            SparseActs(d, hook, counted, model.cfg.device, progress, budget, cache_dir / MEMMAP_DIR, cache.release))
+    acts = (
+        NeuronActs(d, hook, counted, cache.release)
+        if d.kind == "neurons"
+        else SparseActs(
+            d, hook, counted, str(model.cfg.device), progress, budget, cache_dir / MEMMAP_DIR, cache.release
+        )
+    )
     effects = dictionary_effects(src.config.features.effects, directions)
     final = cache.acts.get(final_resid_hook(model)) if effects != "none" else None
     post = post_norm(model, d.hook_name) if effects == "direct" else None
@@ -110,9 +134,19 @@ def context_for(src: Sources, *, i: int, cache: ActivationCache, cache_dir: Path
         start = cache.acts[block_hook(layer, "hook_resid_pre")].view(*data.tokens.shape, model.cfg.d_model)
     decoder = d.decoder().detach().float().cpu()
     return DictionaryContext(
-        index=i, d=d, acts=acts, decoder=decoder, unit_decoder=unit_rows(decoder),
-        directions=None if directions is None else directions.detach().float().cpu(), effects=effects, norm=norm,
-        final=final, post_scale=post_scale, start=start, seed=src.config.seed, release=cache.release,
+        index=i,
+        d=d,
+        acts=acts,
+        decoder=decoder,
+        unit_decoder=unit_rows(decoder),
+        directions=None if directions is None else directions.detach().float().cpu(),
+        effects=effects,
+        norm=norm,
+        final=final,
+        post_scale=post_scale,
+        start=start,
+        seed=src.config.seed,
+        release=cache.release,
     )
 
 
@@ -155,8 +189,9 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
             for i in todo:
                 name = src.dictionaries[i].name
                 t0 = time.perf_counter()
-                ctx = context_for(src, i=i, cache=cache, cache_dir=cache_dir, norm=norm, directions=directions[i],
-                                  progress=progress)
+                ctx = context_for(
+                    src, i=i, cache=cache, cache_dir=cache_dir, norm=norm, directions=directions[i], progress=progress
+                )
                 seconds[f"encode {name}"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 todo_batches = [(b, plan[i][b]) for b in missing[i]]
@@ -184,8 +219,7 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     seconds["total"] = time.perf_counter() - started
     if progress:
         log.info("feature cache: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
-    return {**manifest, "stats": {**stats, "model_passes": model_passes, "reused_batches": reused,
-                                  "seconds": seconds}}
+    return {**manifest, "stats": {**stats, "model_passes": model_passes, "reused_batches": reused, "seconds": seconds}}
 
 
 @contextmanager
@@ -201,8 +235,14 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def write_batches(src: Sources, ctx: DictionaryContext, cache_dir: Path, batches: list[tuple[int, list[int]]],
-                  tokens: set[int], progress: bool) -> int:
+def write_batches(
+    src: Sources,
+    ctx: DictionaryContext,
+    cache_dir: Path,
+    batches: list[tuple[int, list[int]]],
+    tokens: set[int],
+    progress: bool,
+) -> int:
     """Build and write batches (number, feature ids) of one dictionary; add their token ids
     to ``tokens``; return their NaN/inf count. Memmapped pages a batch read are handed back
     after it, so memory does not fill with them batch after batch."""

@@ -74,13 +74,13 @@ def interval_index(val: torch.Tensor, top: torch.Tensor, n: int) -> torch.Tensor
 def interval_keys(rows: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     """[m] uniform random keys in [0, 2**32) for entries grouped by row, each row's from its own seed."""
     count = torch.bincount(rows, minlength=len(seeds)).tolist()
-    parts = [torch.randint(0, 1 << 32, (c,), generator=torch.Generator().manual_seed(s))
-             for c, s in zip(count, seeds)]
+    parts = [torch.randint(0, 1 << 32, (c,), generator=torch.Generator().manual_seed(s)) for c, s in zip(count, seeds)]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
 
-def select_examples(ent: BatchEntries, st: BatchStats, cfg: FeaturesConfig, seeds: list[int],
-                    tokens_flat: torch.Tensor, negative: bool) -> Selection:
+def select_examples(
+    ent: BatchEntries, st: BatchStats, cfg: FeaturesConfig, seeds: list[int], tokens_flat: torch.Tensor, negative: bool
+) -> Selection:
     n_rows = len(seeds)
     rows, val, tok = ent.rows, ent.val, ent.tok
     # top examples and top tokens: by activation, descending

@@ -25,10 +25,12 @@ def _portable(path: str) -> str:
 def provenance(src: Sources) -> dict:
     cfg, data = src.config, src.data
     n_seq, ctx = data.tokens.shape
-    ds = {"hf_name": cfg.dataset.hf_name} if cfg.dataset.hf_name else {
-        "paths": [_portable(p) for p in cfg.dataset.paths]}
-    ds.update({"context_length": ctx, "n_sequences": n_seq, "n_tokens": n_seq * ctx,
-               "n_documents": data.n_documents})
+    ds: dict[str, object] = (
+        {"hf_name": cfg.dataset.hf_name}
+        if cfg.dataset.hf_name
+        else {"paths": [_portable(p) for p in cfg.dataset.paths]}
+    )
+    ds.update({"context_length": ctx, "n_sequences": n_seq, "n_tokens": n_seq * ctx, "n_documents": data.n_documents})
     return {
         "model": _portable(cfg.model.name),
         "n_layers": src.model.cfg.n_layers,

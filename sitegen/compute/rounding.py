@@ -33,7 +33,9 @@ def round_sig(t: torch.Tensor, digits: int = DIGITS) -> torch.Tensor:
     if bool(odd.any()):
         where = odd.reshape(-1).nonzero().squeeze(1)
         out = out.reshape(-1).clone()
-        out[where] = torch.tensor([float(f"{v:.{digits}g}") for v in x.reshape(-1)[where].tolist()], dtype=torch.float64)
+        out[where] = torch.tensor(
+            [float(f"{v:.{digits}g}") for v in x.reshape(-1)[where].tolist()], dtype=torch.float64
+        )
         out = out.reshape(x.shape)
     return out
 

@@ -86,8 +86,9 @@ def hovers_of(t: HoverTable | None) -> list[Hover | None]:
     direct = t.ok & torch.isfinite(t.coef)
     coef = rounded(torch.where(direct, t.coef, 0.0), PRECISE_DIGITS)
     shift = rounded(torch.where(direct, t.shift, 0.0), PRECISE_DIGITS)
-    out: list[Hover | None] = [DirectHover(c, lo, sh) if d else None
-                               for d, c, lo, sh in zip(direct.tolist(), coef, loss, shift)]
+    out: list[Hover | None] = [
+        DirectHover(c, lo, sh) if d else None for d, c, lo, sh in zip(direct.tolist(), coef, loss, shift)
+    ]
     listed = t.ok & ~direct
     if bool(listed.any()):
         top_ids, top_vals = t.top_ids.tolist(), rounded(torch.where(listed[:, None], t.top_vals, 0.0))
@@ -102,8 +103,16 @@ def grouped_examples(ft: FeatureTensors) -> list[dict[int, list[Example]]]:
     sel, win, n_ctx = ft.sel, ft.win, ft.n_ctx
     hovers = hovers_of(ft.hovers)
     out: list[dict[int, list[Example]]] = [{} for _ in ft.ids]
-    rows = zip(sel.tok.tolist(), win.start.tolist(), win.length.tolist(), win.token_ids.tolist(), rounded(win.acts),
-               ft.hover_of.tolist(), sel.row.tolist(), sel.group.tolist())
+    rows = zip(
+        sel.tok.tolist(),
+        win.start.tolist(),
+        win.length.tolist(),
+        win.token_ids.tolist(),
+        rounded(win.acts),
+        ft.hover_of.tolist(),
+        sel.row.tolist(),
+        sel.group.tolist(),
+    )
     for flat, start, n, tok, act, hov, r, g in rows:
         shown = [hovers[h] if h >= 0 else None for h in hov[:n]]
         out[r].setdefault(g, []).append(Example(flat // n_ctx, flat % n_ctx, start, tok[:n], act[:n], shown))
@@ -137,19 +146,40 @@ def feature_data(ft: FeatureTensors) -> list[FeatureData]:
     out = []
     for r, feature in enumerate(ft.ids):
         groups = examples[r]
-        intervals = [] if dead[r] else [
-            IntervalGroup(bounds[r][i], bounds[r][i + 1], fractions[r][i], groups.get(i, []))
-            for i in range(ft.n_intervals)
-        ]
+        intervals = (
+            []
+            if dead[r]
+            else [
+                IntervalGroup(bounds[r][i], bounds[r][i + 1], fractions[r][i], groups.get(i, []))
+                for i in range(ft.n_intervals)
+            ]
+        )
         negative = None
         if ft.can_be_negative:
             negative = IntervalGroup(min_nz[r] if n_neg[r] else 0.0, 0.0, neg_fraction[r], groups.get(NEGATIVE, []))
-        out.append(FeatureData(
-            dictionary=ft.dictionary, feature=feature, dead=dead[r], n_tokens=n_tok[r], n_nonfinite=n_bad[r],
-            density=dens[r], max_act=max_act[r], mean_nonzero_act=mean[r], act_histogram=hist[r],
-            top_examples=groups.get(TOP, []), intervals=intervals, negative=negative, logit_top=logit_top[r],
-            logit_bottom=logit_bottom[r], logit_histogram=logit_hist[r], neuron_alignment=align[r],
-            correlated_neurons=corr_n[r], correlated_features=corr_f[r], decoder_neighbours=neigh[r],
-            top_tokens=top_tokens[r], hover_basis=basis[r],
-        ))
+        out.append(
+            FeatureData(
+                dictionary=ft.dictionary,
+                feature=feature,
+                dead=dead[r],
+                n_tokens=n_tok[r],
+                n_nonfinite=n_bad[r],
+                density=dens[r],
+                max_act=max_act[r],
+                mean_nonzero_act=mean[r],
+                act_histogram=hist[r],
+                top_examples=groups.get(TOP, []),
+                intervals=intervals,
+                negative=negative,
+                logit_top=logit_top[r],
+                logit_bottom=logit_bottom[r],
+                logit_histogram=logit_hist[r],
+                neuron_alignment=align[r],
+                correlated_neurons=corr_n[r],
+                correlated_features=corr_f[r],
+                decoder_neighbours=neigh[r],
+                top_tokens=top_tokens[r],
+                hover_basis=basis[r],
+            )
+        )
     return out

@@ -15,8 +15,8 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -86,8 +86,9 @@ class Arrays:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise SitegenError(f"{self.folder}: cannot create the activation store's folder "
-                               f"({err.strerror or err})") from None
+            raise SitegenError(
+                f"{self.folder}: cannot create the activation store's folder ({err.strerror or err})"
+            ) from None
         path = self.folder / f"{stem}-{next(_names)}"
         self.files.append(path)
         return path
@@ -157,6 +158,7 @@ class EntryLog:
         self.held = 0
 
     def write(self, columns: tuple[torch.Tensor, ...]) -> None:
+        assert self.paths is not None, "written only once spilled"
         for path, column in zip(self.paths, columns):
             try:
                 with open(path, "ab") as f:

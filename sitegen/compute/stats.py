@@ -75,8 +75,9 @@ def bin_index(edges: torch.Tensor, rows: torch.Tensor, val: torch.Tensor) -> tor
         idx = idx - down.long() + up.long()
 
 
-def row_histograms(rows: torch.Tensor, val: torch.Tensor, n_rows: int, lo: torch.Tensor, hi: torch.Tensor,
-                   bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+def row_histograms(
+    rows: torch.Tensor, val: torch.Tensor, n_rows: int, lo: torch.Tensor, hi: torch.Tensor, bins: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Histograms of the values of each row, given each row's min/max:
     (edges [R, bins + 1] float32, counts [R, bins] int64), as numpy.histogram(values, bins)."""
     count = torch.bincount(rows, minlength=n_rows)

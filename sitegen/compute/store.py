@@ -18,9 +18,9 @@ over the same positions.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -75,8 +75,17 @@ class SparseActs:
     The entries live in memory within ``budget`` bytes and in memmaps in ``folder`` beyond it
     (``spill.Arrays``); ``close`` deletes those."""
 
-    def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, device: str | torch.device,
-                 progress: bool, budget: int, folder: Path, release_hook: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        d: Dictionary,
+        hook: torch.Tensor,
+        counted: torch.Tensor,
+        device: str | torch.device,
+        progress: bool,
+        budget: int,
+        folder: Path,
+        release_hook: Callable[[], None] = lambda: None,
+    ):
         n_tok, d_sae, d_in = len(hook), d.d_sae, hook.shape[1]  # hook: [n_tok, d_in]; counted: [n_tok]
         self.n_tok, self.d_sae = n_tok, d_sae
         self.nonfinite = torch.zeros(d_sae, dtype=torch.int64)  # [d_sae]
@@ -97,8 +106,16 @@ class SparseActs:
             self.close()
             raise
 
-    def encode(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, device: str | torch.device,
-               progress: bool, log: EntryLog, release_hook: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self,
+        d: Dictionary,
+        hook: torch.Tensor,
+        counted: torch.Tensor,
+        device: str | torch.device,
+        progress: bool,
+        log: EntryLog,
+        release_hook: Callable[[], None],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode every token once: log the counted finite entries, token-major, and stream the
         sums. Returns the number of entries per feature [d_sae] and of clean ones per token [n_tok].
         ``release_hook`` hands back the pages of a memmapped ``hook`` read so far."""
@@ -163,8 +180,9 @@ class SparseActs:
     def entries(self, ids: torch.Tensor) -> BatchEntries:
         pos, rows = ranges(self.ptr[ids], self.ptr[ids + 1] - self.ptr[ids])
         n_nonfinite = self.nonfinite[ids]
-        return BatchEntries(rows, self.csc_tok[pos].long(), self.csc_val[pos], self.n_counted - n_nonfinite,
-                            n_nonfinite)
+        return BatchEntries(
+            rows, self.csc_tok[pos].long(), self.csc_val[pos], self.n_counted - n_nonfinite, n_nonfinite
+        )
 
     def correlation_sums(self, ids: torch.Tensor, ent: BatchEntries) -> tuple[torch.Tensor, torch.Tensor]:
         """Sums over clean positions, float64: ([B, d_sae] of x_f * x_g, [B, d_in] of x_f * h)."""
@@ -195,8 +213,9 @@ class SparseActs:
         self.arrays.close()
 
 
-def nonzero_activations(d: Dictionary, h: torch.Tensor, device: str | torch.device
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def nonzero_activations(
+    d: Dictionary, h: torch.Tensor, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Non-zero activations of the hook rows h [c, d_in] as (row, feature, value) [m] each,
     token-major; NaN counts as non-zero. On CPU the encode runs on sub-chunks whose dense
     output stays in cache, written into one reused buffer where the dictionary can, which
@@ -239,8 +258,9 @@ def sparse_csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape: 
 class NeuronActs:
     """MLP neurons: the hook activations themselves are the feature activations."""
 
-    def __init__(self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor,
-                 release_hook: Callable[[], None] = lambda: None):
+    def __init__(
+        self, d: Dictionary, hook: torch.Tensor, counted: torch.Tensor, release_hook: Callable[[], None] = lambda: None
+    ):
         self.d = d
         self.release_hook = release_hook
         self.hook = hook  # [n_tok, d_mlp]
@@ -283,8 +303,9 @@ class NeuronActs:
         """Nothing to delete: the hook activations belong to the activation cache."""
 
 
-def hook_moments(hook: torch.Tensor, clean: torch.Tensor, release: Callable[[], None]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def hook_moments(
+    hook: torch.Tensor, clean: torch.Tensor, release: Callable[[], None]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum and sum of squares of each hook dimension over clean positions, float64; ``release``
     after each chunk read."""
     width = hook.shape[1]

@@ -80,8 +80,11 @@ def index_data_problems(site: Path) -> list[str]:
         rows = list(zip(data["d"], data["id"]))
     except (ValueError, KeyError, TypeError) as err:
         return [f"{INDEX_DATA_PATH}: unreadable index data ({err})"]
-    return [f"{INDEX_DATA_PATH}: lists feature {i} of dictionary {d} but features/{d}/{i}.html is missing"
-            for d, i in rows if not (site / "features" / str(d) / f"{i}.html").is_file()]
+    return [
+        f"{INDEX_DATA_PATH}: lists feature {i} of dictionary {d} but features/{d}/{i}.html is missing"
+        for d, i in rows
+        if not (site / "features" / str(d) / f"{i}.html").is_file()
+    ]
 
 
 def check_site(site_dir: Path) -> list[str]:

@@ -70,14 +70,42 @@ NAN = float("nan")  # a record's loss effect where the token has no hover
 
 # (FeatureData field, title, caption, id column, value column, extra column, ids are features)
 RANKED_TABLES = [
-    ("neuron_alignment", "Neuron alignment", "hook dimensions with the largest |decoder value|",
-     "dim", "decoder value", "share of L1", False),
-    ("correlated_neurons", "Correlated neurons", "hook dimensions whose activations correlate most",
-     "dim", "Pearson r", "cosine", False),
-    ("correlated_features", "Correlated features", "features of this dictionary whose activations correlate most",
-     "feature", "Pearson r", "cosine", True),
-    ("decoder_neighbours", "Decoder neighbours", "features with the most similar decoder directions",
-     "feature", "cosine", None, True),
+    (
+        "neuron_alignment",
+        "Neuron alignment",
+        "hook dimensions with the largest |decoder value|",
+        "dim",
+        "decoder value",
+        "share of L1",
+        False,
+    ),
+    (
+        "correlated_neurons",
+        "Correlated neurons",
+        "hook dimensions whose activations correlate most",
+        "dim",
+        "Pearson r",
+        "cosine",
+        False,
+    ),
+    (
+        "correlated_features",
+        "Correlated features",
+        "features of this dictionary whose activations correlate most",
+        "feature",
+        "Pearson r",
+        "cosine",
+        True,
+    ),
+    (
+        "decoder_neighbours",
+        "Decoder neighbours",
+        "features with the most similar decoder directions",
+        "feature",
+        "cosine",
+        None,
+        True,
+    ),
 ]
 
 
@@ -112,11 +140,15 @@ def direct_page(fd: FeatureData) -> bool:
     (or there is none) and the feature has a hover basis."""
     kinds = {type(h) for ex in fd.examples() for h in ex.hovers if h is not None}
     if kinds == {DirectHover, ListedHover}:
-        raise SitegenError(f"feature cache: feature {fd.feature} of '{fd.dictionary}' mixes direct and listed "
-                           "hovers; rebuild the cache")
+        raise SitegenError(
+            f"feature cache: feature {fd.feature} of '{fd.dictionary}' mixes direct and listed "
+            "hovers; rebuild the cache"
+        )
     if DirectHover in kinds and not fd.hover_basis.token_ids:
-        raise SitegenError(f"feature cache: feature {fd.feature} of '{fd.dictionary}' has direct hovers but no "
-                           "hover basis; rebuild the cache")
+        raise SitegenError(
+            f"feature cache: feature {fd.feature} of '{fd.dictionary}' has direct hovers but no "
+            "hover basis; rebuild the cache"
+        )
     return bool(fd.hover_basis.token_ids) and ListedHover not in kinds
 
 
@@ -138,14 +170,20 @@ def _hover_fields(h: ListedHover, tokens: TokenIndex, lists: dict[tuple, int]) -
     bottom = tuple(tokens.index[i] for i in h.bottom.token_ids)
     for key in (top, bottom):
         lists.setdefault(key, len(lists))
-    return [compact_number(h.loss_effect), lists[top], *compact_numbers(h.top.values),
-            lists[bottom], *compact_numbers(h.bottom.values)]
+    return [
+        compact_number(h.loss_effect),
+        lists[top],
+        *compact_numbers(h.top.values),
+        lists[bottom],
+        *compact_numbers(h.bottom.values),
+    ]
 
 
 def _listed_example(ex: Example, tokens: TokenIndex, lists: dict[tuple, int]) -> list:
     active = [
         [k, compact_number(a), *(_hover_fields(h, tokens, lists) if isinstance(h, ListedHover) else [])]
-        for k, (a, h) in enumerate(zip(ex.acts, ex.hovers)) if a != 0 or h is not None
+        for k, (a, h) in enumerate(zip(ex.acts, ex.hovers))
+        if a != 0 or h is not None
     ]
     return [ex.seq, ex.pos, ex.start, [tokens.index[i] for i in ex.token_ids], active]
 
@@ -178,17 +216,19 @@ class DirectRecords:
                 self.seen[key] = record
                 self.values.extend(record)
             elif self.seen[key] != record:  # (NAN is one object: lists holding it still compare equal)
-                raise SitegenError(f"feature cache: two examples disagree at sequence {key[0]}, position "
-                                   f"{key[1]}; rebuild the cache")
+                raise SitegenError(
+                    f"feature cache: two examples disagree at sequence {key[0]}, position {key[1]}; rebuild the cache"
+                )
         window = [tokens.index[i] for i in ex.token_ids]
         return [ex.seq, ex.pos, ex.start, window, *([] if len(offsets) == len(window) else [offsets])]
 
 
-def feature_page_json(fd: FeatureData, dict_index: int, nav: tuple[int | None, int | None],
-                      texts: dict[int, str]) -> dict:
+def feature_page_json(
+    fd: FeatureData, dict_index: int, nav: tuple[int | None, int | None], texts: dict[int, str]
+) -> dict:
     direct = direct_page(fd)
     tokens = TokenIndex(_used_token_ids(fd, direct), texts)
-    out = {
+    out: dict[str, object] = {
         "v": SCHEMA_VERSION,
         "dictionary": dict_index,
         "feature": fd.feature,
@@ -205,8 +245,7 @@ def feature_page_json(fd: FeatureData, dict_index: int, nav: tuple[int | None, i
         out["h"] = packed_floats(rec.values)
     else:
         lists: dict[tuple, int] = {}
-        out["groups"] = [[_listed_example(ex, tokens, lists) for ex in _group_examples(g)]
-                         for g in example_groups(fd)]
+        out["groups"] = [[_listed_example(ex, tokens, lists) for ex in _group_examples(g)] for g in example_groups(fd)]
         out["lists"] = [list(k) for k in lists]
     return out
 
@@ -243,8 +282,7 @@ def _ranked_table(spec: tuple, ranked: Ranked, built: set[int]) -> RankedTable:
     key, title, caption, id_label, value_label, extra_label, are_features = spec
     has_extra = extra_label is not None and len(ranked.extra) == len(ranked.ids)
     rows = [
-        TableRow(i, f"{i}.html" if are_features and i in built else None, v,
-                 ranked.extra[n] if has_extra else None)
+        TableRow(i, f"{i}.html" if are_features and i in built else None, v, ranked.extra[n] if has_extra else None)
         for n, (i, v) in enumerate(zip(ranked.ids, ranked.values))
     ]
     return RankedTable(key, title, caption, id_label, value_label, extra_label if has_extra else None, rows)
@@ -257,8 +295,9 @@ def _group_heading(fd: FeatureData, group: IntervalGroup | list[Example]) -> Gro
     return GroupHeading(kind, group.lower, group.upper, group.fraction, len(group.examples))
 
 
-def feature_page_context(fd: FeatureData, summary: DictionarySummary, built: set[int],
-                         texts: dict[int, str], note_html: str | None) -> dict:
+def feature_page_context(
+    fd: FeatureData, summary: DictionarySummary, built: set[int], texts: dict[int, str], note_html: str | None
+) -> dict:
     def token_rows(ids: list[int], values: list[float]) -> list[tuple[str, float]]:
         return [(token_text(texts, i), v) for i, v in zip(ids, values)]
 

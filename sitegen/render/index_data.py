@@ -36,8 +36,15 @@ class IndexRow:
 
 
 def index_row(fd: FeatureData, dict_index: int, texts: dict[int, str], snippet: str) -> IndexRow:
-    return IndexRow(dict_index, fd.feature, fd.dead, fd.density, fd.max_act,
-                    [token_text(texts, i) for i in fd.top_tokens.token_ids], snippet)
+    return IndexRow(
+        dict_index,
+        fd.feature,
+        fd.dead,
+        fd.density,
+        fd.max_act,
+        [token_text(texts, i) for i in fd.top_tokens.token_ids],
+        snippet,
+    )
 
 
 def index_json(rows: list[IndexRow], dictionary_names: list[str]) -> dict:

@@ -51,8 +51,14 @@ def sign_class(x: float) -> str:
 
 
 def template_env() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters.update(num=number_text, signed=signed_text, pct=percent_text, sign_class=sign_class)
     return env
 
@@ -70,8 +76,9 @@ class DictionaryListing:
 class SiteWriter:
     """Writes every file of one site under ``root``."""
 
-    def __init__(self, root: Path, cache: Path, cfg: Config, manifest: dict,
-                 notes: dict[str, dict[int, str]], pages: list[Page]):
+    def __init__(
+        self, root: Path, cache: Path, cfg: Config, manifest: dict, notes: dict[str, dict[int, str]], pages: list[Page]
+    ):
         self.root, self.cache, self.manifest, self.notes = root, cache, manifest, notes
         self.pages = [p for p in pages if p.name != "about"]
         self.about = next((p for p in pages if p.name == "about"), None)
@@ -98,14 +105,25 @@ class SiteWriter:
 
     def write_index(self, rows: list[IndexRow], listings: list[DictionaryListing]) -> None:
         self.write(INDEX_DATA_PATH, index_script(rows, [d.name for d in listings]))
-        self.render("index.html", "index.html", dictionaries=listings, index_data_path=INDEX_DATA_PATH,
-                    page_css=static_markup("index.css"), js=static_markup("index.js"))
+        self.render(
+            "index.html",
+            "index.html",
+            dictionaries=listings,
+            index_data_path=INDEX_DATA_PATH,
+            page_css=static_markup("index.css"),
+            js=static_markup("index.js"),
+        )
 
     def write_pages(self, listings: list[DictionaryListing]) -> None:
         """The about page, the Markdown pages and 404.html."""
         page_css = static_markup("page.css")
-        self.render("about.html", "about.html", body=self.about.html if self.about else None,
-                    provenance=provenance_sections(self.manifest, listings), page_css=page_css)
+        self.render(
+            "about.html",
+            "about.html",
+            body=self.about.html if self.about else None,
+            provenance=provenance_sections(self.manifest, listings),
+            page_css=page_css,
+        )
         for page in self.pages:
             self.render(f"{page.name}.html", "page.html", page_title=page.title, body=page.html, page_css=page_css)
         self.render("404.html", "404.html", page_css=page_css, js=static_markup("notfound.js"))
@@ -118,8 +136,10 @@ class SiteWriter:
         n_pages = n_dead = 0
         for fd in read_features(self.cache, index):
             if fd.feature not in position:
-                raise SitegenError(f"{self.cache}: feature {fd.feature} of '{summary.name}' is cached "
-                                   "but not listed in the manifest; rebuild the cache")
+                raise SitegenError(
+                    f"{self.cache}: feature {fd.feature} of '{summary.name}' is cached "
+                    "but not listed in the manifest; rebuild the cache"
+                )
             n = position[fd.feature]
             nav = (built[n - 1] if n > 0 else None, built[n + 1] if n + 1 < len(built) else None)
             note = notes.get(fd.feature)
@@ -128,18 +148,34 @@ class SiteWriter:
             n_pages += 1
             n_dead += fd.dead
         if n_pages != len(built):
-            raise SitegenError(f"{self.cache}: '{summary.name}' lists {len(built)} features but "
-                               f"{n_pages} are cached; rebuild the cache")
+            raise SitegenError(
+                f"{self.cache}: '{summary.name}' lists {len(built)} features but "
+                f"{n_pages} are cached; rebuild the cache"
+            )
         return DictionaryListing(summary.name, summary.kind, summary.hook_name, summary.d_sae, n_pages, n_dead)
 
-    def write_feature(self, index: int, summary: DictionarySummary, fd: FeatureData,
-                      nav: tuple[int | None, int | None], note: str | None, built: set[int]) -> None:
+    def write_feature(
+        self,
+        index: int,
+        summary: DictionarySummary,
+        fd: FeatureData,
+        nav: tuple[int | None, int | None],
+        note: str | None,
+        built: set[int],
+    ) -> None:
         data = feature_page_json(fd, index, nav, self.texts)
         context = feature_page_context(fd, summary, built, self.texts, markdown_html(note) if note else None)
-        self.render(f"features/{index}/{fd.feature}.html", "feature.html", **context,
-                    unit="neuron" if summary.kind == "neurons" else "feature", prev_id=nav[0], next_id=nav[1],
-                    data_json=script_json_markup(data), page_css=static_markup("feature.css"),
-                    js=static_markup("feature.js"))
+        self.render(
+            f"features/{index}/{fd.feature}.html",
+            "feature.html",
+            **context,
+            unit="neuron" if summary.kind == "neurons" else "feature",
+            prev_id=nav[0],
+            next_id=nav[1],
+            data_json=script_json_markup(data),
+            page_css=static_markup("feature.css"),
+            js=static_markup("feature.js"),
+        )
 
 
 @dataclass
@@ -166,8 +202,11 @@ def provenance_sections(manifest: dict, listings: list[DictionaryListing]) -> li
     dataset = provenance.pop("dataset", {})
     version = provenance.pop("sitegen_version", None)
     dictionaries = [
-        (s.name, f"{s.kind} on {s.hook_name}: {s.d_sae:,} × {s.d_in:,}, {d.n_built:,} built ({d.n_dead:,} dead); "
-                 f"effects: {s.effects}" + (f"; {s.norm_note}" if s.norm_note else ""))
+        (
+            s.name,
+            f"{s.kind} on {s.hook_name}: {s.d_sae:,} × {s.d_in:,}, {d.n_built:,} built ({d.n_dead:,} dead); "
+            f"effects: {s.effects}" + (f"; {s.norm_note}" if s.norm_note else ""),
+        )
         for s, d in zip(dictionary_summaries(manifest), listings)
     ]
     build = [*_rows(manifest.get("stats", {})), ("config hash", str(manifest.get("config_hash", "")))]
@@ -175,8 +214,12 @@ def provenance_sections(manifest: dict, listings: list[DictionaryListing]) -> li
     if version is not None:
         build.insert(0, ("sitegen version", str(version)))
     dataset_rows = _rows(dataset) if isinstance(dataset, dict) else [("dataset", _value_text(dataset))]
-    sections = [ProvenanceSection("Model", _rows(provenance)), ProvenanceSection("Dictionaries", dictionaries),
-                ProvenanceSection("Dataset", dataset_rows), ProvenanceSection("Build", build)]
+    sections = [
+        ProvenanceSection("Model", _rows(provenance)),
+        ProvenanceSection("Dictionaries", dictionaries),
+        ProvenanceSection("Dataset", dataset_rows),
+        ProvenanceSection("Build", build),
+    ]
     return [s for s in sections if s.rows]
 
 
@@ -189,8 +232,11 @@ def is_replaceable(out_dir: Path) -> bool:
     if not any(out_dir.iterdir()):
         return True
     index = out_dir / "index.html"
-    return (out_dir / ".nojekyll").is_file() and index.is_file() and GENERATOR_META in index.read_text(
-        encoding="utf-8", errors="replace")[:2000]
+    return (
+        (out_dir / ".nojekyll").is_file()
+        and index.is_file()
+        and GENERATOR_META in index.read_text(encoding="utf-8", errors="replace")[:2000]
+    )
 
 
 def replace_folder(new: Path, target: Path) -> None:

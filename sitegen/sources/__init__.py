@@ -11,7 +11,7 @@ from transformer_lens import HookedTransformer
 from sitegen.config import Config
 from sitegen.report import log
 from sitegen.sources.dataset import TokenData, load_tokens
-from sitegen.sources.dictionaries import Dictionary, load_dictionary
+from sitegen.sources.dictionaries import Dictionary, SAEDictionary, load_dictionary
 from sitegen.sources.model import load_model
 from sitegen.sources.tokens import token_texts
 
@@ -42,9 +42,7 @@ def load_sources(cfg: Config) -> Sources:
     log.info("[sitegen] loading model")
     model = load_model(cfg)
     log.info("[sitegen] loading dictionaries")
-    dictionaries = [
-        load_dictionary(model, dc, cfg, f"dictionaries[{i}]") for i, dc in enumerate(cfg.dictionaries)
-    ]
+    dictionaries = [load_dictionary(model, dc, cfg, f"dictionaries[{i}]") for i, dc in enumerate(cfg.dictionaries)]
     log.info("[sitegen] tokenising dataset")
     tok = model.tokenizer
     bos = None if tok is None else tok.bos_token_id
@@ -56,7 +54,11 @@ def load_sources(cfg: Config) -> Sources:
         "dataset": tensor_digest([data.tokens, data.ignore]),
     }
     for d in dictionaries:
-        weights = list(d.sae.state_dict().values()) if d.kind == "sae" else [d.residual_directions()]
+        weights = (
+            list(d.sae.state_dict().values())
+            if isinstance(d, SAEDictionary)
+            else [t for t in [d.residual_directions()] if t is not None]
+        )
         fingerprints[f"dictionary:{d.name}"] = tensor_digest(
             [torch.tensor(d.feature_ids), torch.tensor([d.d_in, d.d_sae]), *weights]
         )

@@ -17,9 +17,9 @@ import glob
 import json
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -83,7 +83,9 @@ def hf_documents(cfg: Config) -> Iterator[str]:
     try:
         import datasets
     except ModuleNotFoundError:
-        raise SitegenError('dataset.hf_name: needs the datasets package: pip install "sitegen-dashboards[hub]"') from None
+        raise SitegenError(
+            'dataset.hf_name: needs the datasets package: pip install "sitegen-dashboards[hub]"'
+        ) from None
     stream = datasets.load_dataset(cfg.dataset.hf_name, split=cfg.dataset.hf_split, streaming=True)
     for record in stream:
         yield record[cfg.dataset.text_field]
@@ -157,7 +159,7 @@ def load_tokens(cfg: Config, tokenizer, bos_id: int | None, d_vocab: int) -> Tok
     if int(tokens.max()) >= d_vocab or int(tokens.min()) < 0:
         raise SitegenError(f"dataset: token id {int(tokens.max())} is outside the model's vocabulary ({d_vocab})")
     ignore = torch.zeros_like(tokens, dtype=torch.bool)
-    if bos:
+    if bos_id is not None and bos:
         tokens = torch.cat([torch.full((len(tokens), 1), bos_id), tokens], dim=1)
         ignore = torch.cat([torch.full((len(tokens), 1), cfg.features.ignore_bos), ignore], dim=1)
     return TokenData(tokens=tokens, ignore=ignore, n_documents=used, notice=notice)

@@ -7,7 +7,7 @@ The engine sees only the ``Dictionary`` interface below.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformer_lens import HookedTransformer
@@ -88,7 +88,7 @@ def to_residual(model: HookedTransformer, hook_name: str, w: torch.Tensor) -> to
 @dataclass
 class SAEDictionary:
     name: str
-    sae: "torch.nn.Module"  # sae_lens.SAE
+    sae: Any  # sae_lens.SAE (sae_lens is untyped)
     model: HookedTransformer
     feature_ids: list[int]
     kind: str = "sae"
@@ -156,6 +156,7 @@ class NeuronDictionary:
     needs_full_encode: bool = False
 
     def __post_init__(self) -> None:
+        assert self.model.cfg.d_mlp is not None, "load_dictionary checks the model has MLPs"
         self.hook_name = block_hook(self.layer, MLP_POST)
         self.d_in = self.d_sae = int(self.model.cfg.d_mlp)
 
@@ -203,8 +204,10 @@ def hook_width(model: HookedTransformer, hook_name: str) -> int | None:
 
 def load_dictionary(model: HookedTransformer, dc: DictionaryConfig, cfg: Config, where: str) -> Dictionary:
     if dc.kind == "neurons":
-        if not 0 <= dc.layer < model.cfg.n_layers:
+        if dc.layer is None or not 0 <= dc.layer < model.cfg.n_layers:
             raise SitegenError(f"{where}.layer: {dc.layer} is outside 0..{model.cfg.n_layers - 1}")
+        if model.cfg.d_mlp is None:
+            raise SitegenError(f"{where}.kind: 'neurons' needs MLP layers, and the model has none")
         ids = feature_ids(dc.features, model.cfg.d_mlp, where)
         return NeuronDictionary(dc.name, model, dc.layer, ids)
     from sae_lens import SAE

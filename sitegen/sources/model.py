@@ -36,10 +36,21 @@ HUB_HOST = ("huggingface.co", 443)
 # (not PhiForCausalLM: its branch reads partial_rotary_factor, which transformers >= 5
 # keeps only inside rope_parameters).
 TL_MAPPED = (
-    "GPT2LMHeadModel", "GPTNeoForCausalLM", "GPTJForCausalLM", "GPTNeoXForCausalLM", "OPTForCausalLM",
-    "BloomForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
-    "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM",
-    "OlmoeForCausalLM", "Olmo3ForCausalLM", "ApertusForCausalLM",
+    "GPT2LMHeadModel",
+    "GPTNeoForCausalLM",
+    "GPTJForCausalLM",
+    "GPTNeoXForCausalLM",
+    "OPTForCausalLM",
+    "BloomForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "MixtralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Phi3ForCausalLM",
+    "OlmoeForCausalLM",
+    "Olmo3ForCausalLM",
+    "ApertusForCausalLM",
 )
 # TransformerLens configures these only by official model name (a table of fixed shapes per
 # released size), so gemma_config_dict builds the same dict from the HF config's fields.
@@ -92,11 +103,29 @@ def save_tl_checkpoint(model: HookedTransformer, folder: Path) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    keep = ("n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx", "act_fn",
-            "normalization_type", "attn_only", "positional_embedding_type", "seed",
-            "default_prepend_bos", "tokenizer_prepends_bos", "d_vocab_out", "gated_mlp",
-            "original_architecture", "final_rms", "eps", "use_normalization_before_and_after",
-            "output_logits_soft_cap")
+    keep = (
+        "n_layers",
+        "d_model",
+        "d_head",
+        "n_heads",
+        "d_mlp",
+        "d_vocab",
+        "n_ctx",
+        "act_fn",
+        "normalization_type",
+        "attn_only",
+        "positional_embedding_type",
+        "seed",
+        "default_prepend_bos",
+        "tokenizer_prepends_bos",
+        "d_vocab_out",
+        "gated_mlp",
+        "original_architecture",
+        "final_rms",
+        "eps",
+        "use_normalization_before_and_after",
+        "output_logits_soft_cap",
+    )
     cfg = {k: getattr(model.cfg, k) for k in keep}
     (folder / "tl_config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith((".IGNORE", ".mask"))}
@@ -164,26 +193,40 @@ def gemma_config_dict(hf_config: Any, architecture: str) -> dict[str, Any]:
     from transformer_lens.loading_from_pretrained import _get_rope_theta
 
     cfg = {
-        "d_model": hf_config.hidden_size, "d_head": hf_config.head_dim,
-        "n_heads": hf_config.num_attention_heads, "n_key_value_heads": hf_config.num_key_value_heads,
-        "d_mlp": hf_config.intermediate_size, "n_layers": hf_config.num_hidden_layers,
-        "n_ctx": hf_config.max_position_embeddings, "eps": hf_config.rms_norm_eps,
-        "d_vocab": hf_config.vocab_size, "initializer_range": hf_config.initializer_range,
-        "normalization_type": "RMS", "final_rms": True, "gated_mlp": True, "use_attn_scale": True,
-        "positional_embedding_type": "rotary", "rotary_dim": hf_config.head_dim,
+        "d_model": hf_config.hidden_size,
+        "d_head": hf_config.head_dim,
+        "n_heads": hf_config.num_attention_heads,
+        "n_key_value_heads": hf_config.num_key_value_heads,
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": hf_config.num_hidden_layers,
+        "n_ctx": hf_config.max_position_embeddings,
+        "eps": hf_config.rms_norm_eps,
+        "d_vocab": hf_config.vocab_size,
+        "initializer_range": hf_config.initializer_range,
+        "normalization_type": "RMS",
+        "final_rms": True,
+        "gated_mlp": True,
+        "use_attn_scale": True,
+        "positional_embedding_type": "rotary",
+        "rotary_dim": hf_config.head_dim,
         "rotary_base": _get_rope_theta(hf_config),
     }
     if architecture == "GemmaForCausalLM":
         return {**cfg, "act_fn": hf_config.hidden_act}
-    cfg.update({
-        "act_fn": hf_config.hidden_activation,
-        "attn_scale": hf_config.query_pre_attn_scalar**0.5,
-        "use_normalization_before_and_after": True,
-        "use_local_attn": True, "window_size": hf_config.sliding_window,
-        "attn_types": ["local" if t == "sliding_attention" else "global" for t in hf_config.layer_types],
-    })
-    for key, cap in (("attn_scores_soft_cap", hf_config.attn_logit_softcapping),
-                     ("output_logits_soft_cap", hf_config.final_logit_softcapping)):
+    cfg.update(
+        {
+            "act_fn": hf_config.hidden_activation,
+            "attn_scale": hf_config.query_pre_attn_scalar**0.5,
+            "use_normalization_before_and_after": True,
+            "use_local_attn": True,
+            "window_size": hf_config.sliding_window,
+            "attn_types": ["local" if t == "sliding_attention" else "global" for t in hf_config.layer_types],
+        }
+    )
+    for key, cap in (
+        ("attn_scores_soft_cap", hf_config.attn_logit_softcapping),
+        ("output_logits_soft_cap", hf_config.final_logit_softcapping),
+    ):
         if cap is not None:
             cfg[key] = cap
     if architecture == "Gemma3ForCausalLM":  # one rope per layer type; TL scales the global one
@@ -205,8 +248,14 @@ def tl_config(
     from transformer_lens import loading_from_pretrained as loading
 
     if architecture in GEMMA:
-        cfg = {**gemma_config_dict(hf_config, architecture), "original_architecture": architecture,
-               "init_weights": False, "device": device, "dtype": dtype, "default_prepend_bos": True}
+        cfg = {
+            **gemma_config_dict(hf_config, architecture),
+            "original_architecture": architecture,
+            "init_weights": False,
+            "device": device,
+            "dtype": dtype,
+            "default_prepend_bos": True,
+        }
         config = HookedTransformerConfig.from_dict(cfg)
     else:
         with staged_config(raw, architecture, hf_config) as staged:
@@ -243,16 +292,23 @@ def load_hf_checkpoint(folder: Path, architecture: str | None, device: str, dtyp
                 f"which loads as {type(hf).__name__}"
             )
         try:
-            cfg = tl_config(folder=folder, raw=raw, architecture=architecture, hf_config=hf.config,
-                            device=device, dtype=dtype)
+            cfg = tl_config(
+                folder=folder, raw=raw, architecture=architecture, hf_config=hf.config, device=device, dtype=dtype
+            )
             state = loading.get_pretrained_state_dict(str(folder), cfg, hf, dtype=dtype)
         except (AttributeError, KeyError, TypeError, ValueError, NotImplementedError) as err:
             raise SitegenError(
                 f"model.name: TransformerLens cannot convert {folder} ({architecture}): {first_line(err)}"
             ) from None
         model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-                                      fold_value_biases=False, refactor_factored_attn_matrices=False)
+    model.load_and_process_state_dict(
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
     model.move_model_modules_to_device()
     return model
 
@@ -289,9 +345,7 @@ def official_name(name: str) -> str:
     for official, aliases in MODEL_ALIASES.items():
         if name in aliases:
             return official
-    raise SitegenError(
-        f"model.name: '{name}' is not 'embedded', an existing folder, or a TransformerLens model name"
-    )
+    raise SitegenError(f"model.name: '{name}' is not 'embedded', an existing folder, or a TransformerLens model name")
 
 
 def load_from_hub(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:

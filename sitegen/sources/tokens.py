@@ -23,7 +23,7 @@ def display_text(raw: str) -> str:
             out.append(ch)
     text = "".join(out)
     if len(text) > MAX_TOKEN_CHARS:
-        text = f"{text[:MAX_TOKEN_CHARS - 1]}\u2026"
+        text = f"{text[: MAX_TOKEN_CHARS - 1]}\u2026"
     return text
 
 
