@@ -179,7 +179,7 @@ def test_serve_previews_the_site(monkeypatch, capsys, tmp_path):
         assert body == (config.parent / "site" / "index.html").read_bytes()
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)  # also closes the pipes
 
 
 @pytest.mark.embedded

@@ -78,7 +78,7 @@ def test_serve_without_torch(tmp_path):
             assert b'<meta name="generator" content="sitegen">' in response.read()
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)  # also closes the pipes
 
 
 def test_render_refuses_a_cache_of_another_config(tmp_path):

@@ -395,9 +395,8 @@ def test_activation_store_on_disk_beyond_its_budget(budget, tmp_path, monkeypatc
     dense = d.encode(h)  # [300, 64]
     log_bytes = 12 * int((dense[counted] != 0).sum())
     folder = tmp_path / "scratch"
-    acts = store.SparseActs(
-        d, h, counted, "cpu", False, {"none": 0, "part": log_bytes // 3, "all": 10**9}[budget], folder
-    )
+    budget_bytes = {"none": 0, "part": log_bytes // 3, "all": 10**9}[budget]
+    acts = store.SparseActs(d, h, counted, device="cpu", progress=False, budget=budget_bytes, folder=folder)
     assert bool(acts.arrays.files) == (budget != "all"), seed
     keep = counted[:, None] & (dense != 0) & ~dense.isnan()  # [300, 64]
     for f in range(64):
@@ -424,7 +423,13 @@ def test_activation_store_of_a_dictionary_that_never_fires_at_counted_positions(
     d = SAEDictionary("d", tiny_sae(), tiny_model(), list(range(64)))
     for budget in (0, 10**9):
         acts = store.SparseActs(
-            d, torch.randn(50, 32), torch.zeros(50, dtype=torch.bool), "cpu", False, budget, tmp_path / "scratch"
+            d,
+            torch.randn(50, 32),
+            torch.zeros(50, dtype=torch.bool),
+            device="cpu",
+            progress=False,
+            budget=budget,
+            folder=tmp_path / "scratch",
         )
         ent = acts.entries(torch.arange(64))
         assert len(ent.tok) == 0 and acts.ptr.sum() == 0 and acts.matrix.to_dense().abs().sum() == 0

@@ -7,17 +7,22 @@ Values in the cache are rounded to 4 significant digits, hence the tolerances.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-
 from fixtures import tiny_sae, write_project
+from site_fixtures import listed_changes
+
+from sitegen.cache.feature_data import DirectHover, ListedHover, TokenValues
+from sitegen.cache.files import dictionary_summaries, read_features, read_token_table
+from sitegen.cache.manifest import read_manifest
 from sitegen.compute import build_feature_cache
-from sitegen.compute.cache import dictionary_summaries, read_features, read_manifest, read_token_table
 from sitegen.config import load_config
 from sitegen.sources import load_sources
 
@@ -30,8 +35,9 @@ def close(x: float, ref: float, atol: float = 1e-6, rtol: float = RTOL) -> bool:
 
 
 def project(tmp_path: Path, seed: int, architecture: str = "standard", post_norm: bool = False, **features):
-    path = write_project(tmp_path, architecture=architecture, seed=seed, post_norm=post_norm,
-                         extra={"features": features})
+    path = write_project(
+        tmp_path, architecture=architecture, seed=seed, post_norm=post_norm, extra={"features": features}
+    )
     return load_sources(load_config(path))
 
 
@@ -99,8 +105,16 @@ def check_example(ref: Reference, f: int, ex, cfg, seed: int) -> float:
     return float(a[flat])
 
 
-def check_ranked(got, score: np.ndarray, valid: np.ndarray, n: int, what: str, extra: np.ndarray | None = None,
-                 atol: float = 1e-4, shown: np.ndarray | None = None) -> None:
+def check_ranked(
+    got,
+    score: np.ndarray,
+    valid: np.ndarray,
+    n: int,
+    what: str,
+    extra: np.ndarray | None = None,
+    atol: float = 1e-4,
+    shown: np.ndarray | None = None,
+) -> None:
     """got (Ranked) = top n valid scores (reported as ``shown``, default the score), ties tolerated."""
     shown = score if shown is None else shown
     cand = np.nonzero(valid & (score != 0))[0]
@@ -141,9 +155,14 @@ def check_feature(ref: Reference, fd, cfg, seed: int) -> None:
     assert len(got) == len(order), f"{msg} n top"
     assert len({(e.seq, e.pos) for e in fd.top_examples}) == len(got), f"{msg} distinct"
     assert all(close(x, a[o]) for x, o in zip(got, order)), f"{msg} top values {got} {a[order]}"
-    if len(order) and np.all(np.abs(np.diff(a[order])) > 1e-5) and (
-            len(ref.ranked_positions(f, +1)) <= len(order) or
-            a[ref.ranked_positions(f, +1)[len(order)]] < a[order[-1]] - 1e-5):
+    if (
+        len(order)
+        and np.all(np.abs(np.diff(a[order])) > 1e-5)
+        and (
+            len(ref.ranked_positions(f, +1)) <= len(order)
+            or a[ref.ranked_positions(f, +1)[len(order)]] < a[order[-1]] - 1e-5
+        )
+    ):
         assert [e.seq * ref.ctx + e.pos for e in fd.top_examples] == order.tolist(), f"{msg} top positions"
     # intervals over (0, max]
     if fd.dead:
@@ -156,8 +175,9 @@ def check_feature(ref: Reference, fd, cfg, seed: int) -> None:
             assert close(g.lower, lo) and close(g.upper, hi), f"{msg} interval {i} bounds"
             inner = [b for b, outer in ((lo, i == 0), (hi, i == cfg.n_intervals - 1)) if not outer]
             slack = near_bounds(a[ok], np.array(inner))
-            assert abs(g.fraction * len(nz) - inside.sum()) <= slack + 1e-3 * inside.sum() + 1e-9, \
+            assert abs(g.fraction * len(nz) - inside.sum()) <= slack + 1e-3 * inside.sum() + 1e-9, (
                 f"{msg} interval {i} fraction"
+            )
             assert len(g.examples) == min(cfg.examples_per_interval, int(inside.sum())), f"{msg} interval {i} n"
             assert len({(e.seq, e.pos) for e in g.examples}) == len(g.examples), msg
             for ex in g.examples:
@@ -189,13 +209,27 @@ def check_related(ref: Reference, fd, cfg, msg: str) -> None:
     dec = d.decoder().detach().double().numpy()
     row = dec[f]
     mag = np.abs(row)
-    check_ranked(fd.neuron_alignment, mag, np.ones(len(row), bool), cfg.n_related, f"{msg} alignment",
-                 extra=mag / mag.sum(), atol=1e-6, shown=row)
+    check_ranked(
+        fd.neuron_alignment,
+        mag,
+        np.ones(len(row), bool),
+        cfg.n_related,
+        f"{msg} alignment",
+        extra=mag / mag.sum(),
+        atol=1e-6,
+        shown=row,
+    )
     unit = dec / np.maximum(np.linalg.norm(dec, axis=1, keepdims=True), 1e-300)
     cos = unit @ unit[f]
     others = np.arange(len(dec)) != f
-    check_ranked(fd.decoder_neighbours, cos, others & (np.linalg.norm(dec, axis=1) > 0), cfg.n_neighbours,
-                 f"{msg} neighbours", atol=1e-6)
+    check_ranked(
+        fd.decoder_neighbours,
+        cos,
+        others & (np.linalg.norm(dec, axis=1) > 0),
+        cfg.n_neighbours,
+        f"{msg} neighbours",
+        atol=1e-6,
+    )
     x = ref.acts[ref.clean][:, f]
     if np.ptp(x) == 0:
         assert fd.correlated_neurons.ids == [] and fd.correlated_features.ids == [], msg
@@ -207,10 +241,21 @@ def check_related(ref: Reference, fd, cfg, msg: str) -> None:
         r_f = np.corrcoef(np.column_stack([x, all_acts]), rowvar=False)[0, 1:]
     cos_h = (x @ h) / np.maximum(np.linalg.norm(x) * np.linalg.norm(h, axis=0), 1e-300)
     self_dim = np.arange(h.shape[1]) != f if d.kind == "neurons" else np.ones(h.shape[1], bool)
-    check_ranked(fd.correlated_neurons, np.nan_to_num(r_h), np.isfinite(r_h) & self_dim, cfg.n_related,
-                 f"{msg} correlated neurons", extra=cos_h)
-    check_ranked(fd.correlated_features, np.nan_to_num(r_f), np.isfinite(r_f) & others, cfg.n_related,
-                 f"{msg} correlated features")
+    check_ranked(
+        fd.correlated_neurons,
+        np.nan_to_num(r_h),
+        np.isfinite(r_h) & self_dim,
+        cfg.n_related,
+        f"{msg} correlated neurons",
+        extra=cos_h,
+    )
+    check_ranked(
+        fd.correlated_features,
+        np.nan_to_num(r_f),
+        np.isfinite(r_f) & others,
+        cfg.n_related,
+        f"{msg} correlated features",
+    )
 
 
 def norm_parts(model) -> tuple[np.ndarray, np.ndarray, float]:
@@ -243,18 +288,30 @@ def check_logits(ref: Reference, fd, cfg, msg: str) -> None:
 
 def shown(fd):
     """(example, index in window) of every shown token, over all groups."""
-    groups = [fd.top_examples] + [g.examples for g in fd.intervals] + (
-        [fd.negative.examples] if fd.negative else [])
+    groups = [fd.top_examples] + [g.examples for g in fd.intervals] + ([fd.negative.examples] if fd.negative else [])
     for examples in groups:
         for ex in examples:
             for i in range(len(ex.token_ids)):
                 yield ex, i
 
 
-def check_hover(hover, delta: np.ndarray, next_tok: int, k: int, msg: str, atol: float | None = None) -> None:
+def check_hover(
+    hover,
+    delta: np.ndarray,
+    next_tok: int,
+    k: int,
+    msg: str,
+    atol: float | None = None,
+    basis: TokenValues | None = None,
+) -> None:
     """Values to 4 significant digits, and within ``atol`` (default: 1e-5 of the largest change,
-    what float32 direct effects keep; a weak feature's whole table can be ~1e-4)."""
+    what float32 direct effects keep; a weak feature's whole table can be ~1e-4). A direct hover's
+    listed tokens are those its tooltip shows: derived from the feature's ``basis``."""
     atol = 1e-5 * np.abs(delta).max() + 1e-12 if atol is None else atol
+    if isinstance(hover, DirectHover):
+        assert basis is not None, msg
+        top_tv, bottom_tv = listed_changes(hover, basis)
+        hover = SimpleNamespace(loss_effect=hover.loss_effect, top=top_tv, bottom=bottom_tv)
     assert close(hover.loss_effect, -delta[next_tok], atol), f"{msg} loss {hover.loss_effect} {-delta[next_tok]}"
     top, bottom = np.sort(delta)[::-1][:k], np.sort(delta)[:k]
     assert all(close(x, y, atol) for x, y in zip(hover.top.values, top)), f"{msg} top {hover.top.values} {top}"
@@ -285,9 +342,17 @@ def check_direct_hovers(ref: Reference, fd, cfg, msg: str) -> int:
         if (cap := model.cfg.output_logits_soft_cap or 0) > 0:
             logits = [cap * np.tanh(z / cap) for z in logits]
         delta = log_softmax(logits[0]) - log_softmax(logits[1])
-        check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), cfg.hover_top, msg)
-        check_direct_parameters(ex.hovers[i], fd.hover_basis, act / scale, delta, (model.cfg.output_logits_soft_cap or 0) > 0,
-                                f"{msg} ({ex.seq},{ex.start + i})")
+        check_hover(
+            ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), cfg.hover_top, msg, basis=fd.hover_basis
+        )
+        check_direct_parameters(
+            ex.hovers[i],
+            fd.hover_basis,
+            act / scale,
+            delta,
+            (model.cfg.output_logits_soft_cap or 0) > 0,
+            f"{msg} ({ex.seq},{ex.start + i})",
+        )
         checked += 1
     return checked
 
@@ -298,8 +363,9 @@ def check_direct_parameters(hover, basis, coef: float, delta: np.ndarray, capped
     (The hover's listed tokens are derived from the basis on read; ``check_hover`` checks them
     against the brute-force top and bottom changes.)"""
     if capped:
-        assert hover.coef is None and hover.shift is None and basis.token_ids == [], msg
+        assert isinstance(hover, ListedHover) and basis.token_ids == [], msg
         return
+    assert isinstance(hover, DirectHover), msg
     assert close(hover.coef, coef, 1e-6) and abs(hover.coef - coef) <= 1e-5 * abs(coef) + 1e-9, f"{msg} coef"
     ids, u = np.array(basis.token_ids), np.array(basis.values)
     rebuilt = -hover.coef * u - hover.shift
@@ -392,43 +458,192 @@ def test_nonfinite_activations_counted_and_excluded(tmp_path, seed):
         check_feature(ref, fd, src.config.features, seed)
 
 
+def float64_copy(model):
+    """The model with float64 weights, for references whose own rounding stays far below the
+    engine's (float32 log-probs are up to ~1e-5 off float64 ones here)."""
+    return copy.deepcopy(model).to(torch.float64, print_details=False)
+
+
+def rerun_log_probs(model, hook_name: str, tokens: torch.Tensor, removed: torch.Tensor) -> np.ndarray:
+    """[n, ctx, V] log-probs of n full forwards of one sequence ``tokens`` [ctx], forward i with
+    ``removed[i]`` ([n, ctx, d_in]) subtracted at the hook (run_with_hooks, from the tokens)."""
+
+    def hook(act, hook):
+        return act - removed.view(act.shape).to(act.dtype)
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(tokens.expand(len(removed), -1), fwd_hooks=[(hook_name, hook)])
+    return torch.log_softmax(logits.double(), -1).numpy()
+
+
+def removal_at(act: np.ndarray, positions: list[int], direction: torch.Tensor) -> torch.Tensor:
+    """[n, ctx, d_in] float64: copy i holds act[p] * direction at p = positions[i] only."""
+    removed = torch.zeros(len(positions), len(act), len(direction), dtype=torch.float64)
+    for i, p in enumerate(positions):
+        removed[i, p] = float(act[p]) * direction.double()
+    return removed
+
+
+EXACT_FLOOR = 1e-5  # float32 re-runs' log-prob changes were up to ~3e-6 off float64 ones, whatever their size
+
+
+def exact_tolerance(delta: np.ndarray) -> float:
+    """What a float32 re-run keeps against a float64 one: 1e-5 of the largest change, plus
+    EXACT_FLOOR, below which float32 log-probs cannot resolve a change."""
+    return 1e-5 * float(np.abs(delta).max()) + EXACT_FLOOR
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("post_norm", [False, True], ids=["layernorm", "post-norm"])
-def test_exact_effects_match_a_real_rerun(tmp_path, seed, post_norm):
-    """Hovers of effects: exact == a full forward with the feature removed at every
-    counted position of the sequence (run_with_hooks), to 1e-4; also through Gemma-style post-norms."""
-    src = project(tmp_path, seed, post_norm=post_norm, effects="exact", top_examples=3, n_intervals=2,
-                  examples_per_interval=1)
+def test_exact_effects_match_a_single_position_rerun(tmp_path, seed, post_norm):
+    """Every hover of effects: exact == full forwards of its sequence through a float64 copy
+    of the model (run_with_hooks, from the tokens) with a*decoder[f] subtracted at the hook
+    at that one position, against the clean float64 forward; SAE and MLP-neuron dictionaries,
+    also through Gemma-style post-norms."""
+    src = project(
+        tmp_path, seed, post_norm=post_norm, effects="exact", top_examples=3, n_intervals=2, examples_per_interval=1
+    )
     rng = random.Random(seed)
     for d in src.dictionaries:
         d.feature_ids = sorted(rng.sample(list(d.feature_ids), 6))
     _, feats = build(src, tmp_path)
+    notes = [s.norm_note for s in dictionary_summaries(read_manifest(tmp_path / "cache"))]
+    assert all(
+        note.endswith(
+            "hovers: the model re-run with the feature removed at this position only (SAE error "
+            "kept, final norm recomputed)"
+        )
+        for note in notes
+    ), notes
+    model64, k = float64_copy(src.model), src.config.features.hover_top
     checked = 0
     for i, d in enumerate(src.dictionaries):
         ref = Reference(src, d)
-        dec = d.decoder().detach().float()
+        dec = d.decoder().detach()
         for fd in feats[i].values():
             a, _ = ref.column(fd.feature)
-            runs: dict[int, np.ndarray] = {}
+            hovers: dict[int, dict[int, list]] = {}  # seq -> position -> its hovers (one per window showing it)
             for ex, p in shown(fd):
-                if ex.hovers[p] is None:
-                    continue
-                if ex.seq not in runs:
-                    removed = torch.tensor(a[ex.seq * ref.ctx : (ex.seq + 1) * ref.ctx], dtype=torch.float32)
-                    delta = (removed[:, None] * dec[fd.feature]).view(1, ref.ctx, -1)
+                if ex.hovers[p] is not None:
+                    hovers.setdefault(ex.seq, {}).setdefault(ex.start + p, []).append(ex.hovers[p])
+            for seq, at in hovers.items():
+                positions = sorted(at)
+                row = a[seq * ref.ctx : (seq + 1) * ref.ctx]
+                removed = torch.cat(
+                    [torch.zeros(1, ref.ctx, d.d_in, dtype=torch.float64), removal_at(row, positions, dec[fd.feature])]
+                )
+                lp = rerun_log_probs(model64, d.hook_name, src.data.tokens[seq], removed)  # [1 + n, ctx, V]
+                for j, pos in enumerate(positions):
+                    delta = lp[1 + j, pos] - lp[0, pos]
+                    for hover in at[pos]:
+                        check_hover(
+                            hover,
+                            delta,
+                            int(ref.tokens[seq, pos + 1]),
+                            k,
+                            f"seed={seed} {d.name} {fd.feature} ({seq},{pos})",
+                            atol=exact_tolerance(delta),
+                        )
+                        checked += 1
+    assert checked > 100, f"seed={seed}: only {checked}"
 
-                    def hook(act, hook, delta=delta):
-                        return act - delta.view(act.shape)
 
-                    with torch.no_grad():
-                        runs[ex.seq] = src.model.run_with_hooks(src.data.tokens[ex.seq : ex.seq + 1],
-                                                                fwd_hooks=[(d.hook_name, hook)])[0].double().numpy()
-                pos = ex.start + p
-                delta = log_softmax(runs[ex.seq][pos]) - log_softmax(ref.logits[ex.seq * ref.ctx + pos])
-                check_hover(ex.hovers[p], delta, int(ref.tokens[ex.seq, pos + 1]), src.config.features.hover_top,
-                            f"seed={seed} {d.name} {fd.feature} ({ex.seq},{pos})", atol=1e-4)
-                checked += 1
-    assert checked > 20, f"seed={seed}: only {checked}"
+def table_hover(table, h: int) -> SimpleNamespace:
+    """Row h of a HoverTable, shaped as a cached hover for ``check_hover``."""
+    lists = {
+        side: SimpleNamespace(
+            token_ids=getattr(table, f"{side}_ids")[h].tolist(), values=getattr(table, f"{side}_vals")[h].tolist()
+        )
+        for side in ("top", "bottom")
+    }
+    return SimpleNamespace(loss_effect=float(table.loss[h]), **lists)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("begin", ["captured", "tokens"])
+def test_exact_hovers_remove_the_feature_at_one_position_only(tmp_path, seed, begin):
+    """exact_hovers on its own, for SAE features active at 3+ positions of a sequence, every
+    active position hovered, the hovers in random order and a random small batch_size (many
+    passes of copies cut to different lengths), re-run from the captured residual or from the
+    tokens: each hover == the float64 single-position re-run, and in a good share of the
+    hovers after a sequence's first active position it differs from removing the feature at
+    every active position (the former convention, which folds the removal at earlier
+    positions in) by far more than the tolerance; at the first active position the two agree
+    (a causal model: later removals do not reach it)."""
+    from sitegen.compute.effects import exact_hovers
+
+    src = project(tmp_path, seed)
+    model, d, tokens = src.model, src.dictionaries[0], src.data.tokens
+    n_seq, ctx = tokens.shape
+    assert d.hook_name == "blocks.1.hook_resid_pre"
+    final_hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[d.hook_name, final_hook])
+        acts = d.encode(cache[d.hook_name].reshape(n_seq * ctx, -1)).double().numpy()  # [n_tok, d_sae]
+    rng = np.random.default_rng(seed)
+    active = acts.reshape(n_seq, ctx, -1)[:, : ctx - 1] > 0  # [n_seq, ctx - 1, d_sae] hoverable
+    pairs = np.argwhere(active.sum(1) >= 3)  # (seq, feature)
+    pairs = pairs[rng.choice(len(pairs), min(len(pairs), 10), replace=False)]
+    features = np.unique(pairs[:, 1])
+    hov = np.array(
+        [
+            (np.searchsorted(features, f), s * ctx + p)  # (row of ``features``, flat position)
+            for s, f in pairs
+            for p in np.nonzero(active[s, :, f])[0]
+        ]
+    )
+    hov = hov[rng.permutation(len(hov))]
+    rows, flat = torch.tensor(hov[:, 0]), torch.tensor(hov[:, 1])
+    decoder = d.decoder().detach()  # [d_sae, d_in]
+    removed = torch.tensor(acts[hov[:, 1], features[hov[:, 0]]], dtype=torch.float32)  # [h] as the engine holds them
+    k = 5
+    table = exact_hovers(
+        model,
+        hook_name=d.hook_name,
+        start=cache[d.hook_name] if begin == "captured" else None,
+        tokens=tokens,
+        final=cache[final_hook].reshape(n_seq * ctx, -1),
+        decoder=decoder[features],
+        rows=rows,
+        flat=flat,
+        acts=removed,
+        next_tok=tokens.reshape(-1)[flat + 1],
+        k=k,
+        batch_size=int(rng.integers(1, 4)),
+        release=lambda: None,
+    )
+    model64 = float64_copy(model)
+    first_agree, later, differ = 0, 0, 0
+    for s, f in pairs:
+        row = acts[s * ctx : (s + 1) * ctx, f]
+        everywhere = torch.tensor(row)[:, None] * decoder[f].double()  # [ctx, d_in] the former removal
+        positions = np.nonzero(active[s, :, f])[0].tolist()
+        lp = rerun_log_probs(
+            model64,
+            d.hook_name,
+            tokens[s],
+            torch.cat(
+                [
+                    torch.zeros(1, ctx, d.d_in, dtype=torch.float64),
+                    everywhere[None],
+                    removal_at(row, positions, decoder[f]),
+                ]
+            ),
+        )
+        for j, p in enumerate(positions):
+            h = int(np.nonzero((hov[:, 1] == s * ctx + p) & (features[hov[:, 0]] == f))[0][0])
+            single, former = lp[2 + j, p] - lp[0, p], lp[1, p] - lp[0, p]
+            msg = f"seed={seed} feature {f} ({s},{p})"
+            check_hover(table_hover(table, h), single, int(tokens[s, p + 1]), k, msg, atol=exact_tolerance(single))
+            gap = np.abs(single - former).max()
+            if j == 0:
+                assert gap <= exact_tolerance(single), f"{msg}: removals after the first active position reach it"
+                first_agree += 1
+            else:
+                later += 1
+                differ += bool(gap > 100 * exact_tolerance(single))
+    assert first_agree == len(pairs) and later >= 10, f"seed={seed}: {len(pairs)} pairs, {later} later hovers"
+    assert differ >= later / 2, f"seed={seed}: only {differ} of {later} single-position hovers differ from the former"
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -461,7 +676,14 @@ def check_post_norm_hovers(ref: Reference, fd, r: np.ndarray, s_post: np.ndarray
         new, clean = ((y / scale * w_final) @ W_U + b_U for y in (x - act * r / s_post[flat], x))
         delta = log_softmax(new) - log_softmax(clean)
         where = f"{msg} ({ex.seq},{ex.start + i})"
-        check_hover(ex.hovers[i], delta, int(ref.tokens.reshape(-1)[flat + 1]), ref.src.config.features.hover_top, where)
+        check_hover(
+            ex.hovers[i],
+            delta,
+            int(ref.tokens.reshape(-1)[flat + 1]),
+            ref.src.config.features.hover_top,
+            where,
+            basis=fd.hover_basis,
+        )
         check_direct_parameters(ex.hovers[i], fd.hover_basis, act / s_post[flat] / scale, delta, False, where)
         checked += 1
     return checked
@@ -499,9 +721,16 @@ def test_attention_sae_direct_effects_through_a_post_norm(tmp_path, seed):
     recomputed here from the attention output."""
     sae_dir = tmp_path / "attn_sae"
     tiny_sae(hook="blocks.0.attn.hook_z", d_in=32, seed=seed).save_model(sae_dir)
-    path = write_project(tmp_path, seed=seed, post_norm=True, neurons=False, extra={
-        "dictionaries": [{"name": "attn", "kind": "sae", "path": str(sae_dir)}],
-        "features": {"top_examples": 3, "n_intervals": 2, "examples_per_interval": 2}})
+    path = write_project(
+        tmp_path,
+        seed=seed,
+        post_norm=True,
+        neurons=False,
+        extra={
+            "dictionaries": [{"name": "attn", "kind": "sae", "path": str(sae_dir)}],
+            "features": {"top_examples": 3, "n_intervals": 2, "examples_per_interval": 2},
+        },
+    )
     src = load_sources(load_config(path))
     _, feats = build(src, tmp_path)
     model, d = src.model, src.dictionaries[0]
@@ -540,7 +769,9 @@ def test_log_sum_exp_change_keeps_relative_precision(seed):
     assert 0 < int((x.abs().amax(1) > LARGE_CHANGE).sum()) < h
     rows = torch.arange(h)
     got = lse_change(clean_lp, rows, u, rows, coef, u.abs().amax(1)).double()
-    want = torch.logsumexp(clean_lp.double() - x, 1) - torch.logsumexp(clean_lp.double(), 1)  # float32 lp sum to 1 +- 1e-7
+    want = torch.logsumexp(clean_lp.double() - x, 1) - torch.logsumexp(
+        clean_lp.double(), 1
+    )  # float32 lp sum to 1 +- 1e-7
     err = (got - want).abs() / x.abs().amax(1)
     assert bool(torch.isfinite(got).all()), f"seed={seed}"
     assert float(err.max()) < 1e-5, f"seed={seed} worst row {int(err.argmax())}: {float(err.max())}"

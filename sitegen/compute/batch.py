@@ -10,8 +10,8 @@ in any process, and come out byte-identical.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from transformer_lens import HookedTransformer
@@ -25,10 +25,10 @@ from sitegen.compute.effects import (
     hover_basis,
     logit_directions,
 )
-from sitegen.compute.examples import lookup, select_examples, windows
+from sitegen.compute.examples import select_examples, windows
 from sitegen.compute.serialise import FeatureTensors
 from sitegen.compute.stats import batch_stats, dense_histograms, row_histograms
-from sitegen.compute.store import BatchEntries, NeuronActs, SparseActs
+from sitegen.compute.store import NeuronActs, SparseActs
 from sitegen.config import FeaturesConfig
 from sitegen.sources.dictionaries import Dictionary
 
@@ -58,9 +58,16 @@ def feature_seed(seed: int, dict_index: int, feature: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def top_ids_values(u: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, values) [B, k] of each row's k largest (or smallest) entries, in order."""
+    values, ids = torch.topk(u, k, dim=1, largest=largest)
+    return ids, values
+
+
 @torch.no_grad()
-def batch_tensors(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesConfig, ctx: DictionaryContext,
-                  ids: list[int]) -> FeatureTensors:
+def batch_tensors(
+    model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesConfig, ctx: DictionaryContext, ids: list[int]
+) -> FeatureTensors:
     """Everything the FeatureData of the features ``ids`` (ascending) of one dictionary show."""
     n_seq, n_ctx = tokens.shape
     n_tok, n_rows = n_seq * n_ctx, len(ids)
@@ -81,49 +88,98 @@ def batch_tensors(model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesC
     pair_rows, pair_flat = pair_keys // n_tok, pair_keys % n_tok
     pair_act = torch.zeros(len(pair_keys)).index_put_((inverse,), win.acts[need])
     u = logit_directions(model, ctx.norm, ctx.directions[idx]) if ctx.directions is not None else None  # [B, V]
-    basis = hover_basis(model, u, cfg.hover_top) if ctx.effects == "direct" else None
-    hovers = batch_hovers(model, cfg, ctx, ent, idx, u, basis, pair_rows, pair_flat, pair_act, tokens)
+    basis = hover_basis(model, u, cfg.hover_top) if ctx.effects == "direct" and u is not None else None
+    hovers = batch_hovers(model, cfg, ctx, idx, u, basis, pair_rows, pair_flat, pair_act, tokens)
     gram, hook_sums = ctx.acts.correlation_sums(idx, ent)
     acts = ctx.acts
     sx, sxx = acts.sx[idx], acts.sxx[idx]
     k = min(cfg.logit_top, model.cfg.d_vocab)
     return FeatureTensors(
-        dictionary=ctx.d.name, ids=ids, can_be_negative=ctx.d.can_be_negative, n_ctx=n_ctx,
-        n_intervals=cfg.n_intervals, stats=st, n_tokens=ent.n_tokens, n_nonfinite=ent.n_nonfinite,
-        hist_edges=edges, hist_counts=counts, sel=sel, win=win, hover_of=hover_of, hovers=hovers,
-        logit_top=None if u is None else tuple(reversed(torch.topk(u, k, dim=1))),
-        logit_bottom=None if u is None else tuple(reversed(torch.topk(u, k, dim=1, largest=False))),
+        dictionary=ctx.d.name,
+        ids=ids,
+        can_be_negative=ctx.d.can_be_negative,
+        n_ctx=n_ctx,
+        n_intervals=cfg.n_intervals,
+        stats=st,
+        n_tokens=ent.n_tokens,
+        n_nonfinite=ent.n_nonfinite,
+        hist_edges=edges,
+        hist_counts=counts,
+        sel=sel,
+        win=win,
+        hover_of=hover_of,
+        hovers=hovers,
+        logit_top=None if u is None else top_ids_values(u, k, largest=True),
+        logit_bottom=None if u is None else top_ids_values(u, k, largest=False),
         logit_hist=None if u is None else dense_histograms(u, cfg.logit_histogram_bins),
         hover_basis=basis,
         alignment=neuron_alignment(ctx.decoder[idx], cfg.n_related),
-        corr_neurons=correlated(acts.n_clean, hook_sums, sx, sxx, acts.sh, acts.shh, cfg.n_related,
-                                idx if ctx.d.kind == "neurons" else None, with_cosine=True),
+        corr_neurons=correlated(
+            acts.n_clean,
+            hook_sums,
+            sx,
+            sxx,
+            acts.sh,
+            acts.shh,
+            cfg.n_related,
+            idx if ctx.d.kind == "neurons" else None,
+            with_cosine=True,
+        ),
         corr_features=correlated(acts.n_clean, gram, sx, sxx, acts.sx, acts.sxx, cfg.n_related, idx, False),
         neighbours=decoder_neighbours(ctx.unit_decoder, idx, cfg.n_neighbours),
     )
 
 
-def batch_hovers(model: HookedTransformer, cfg: FeaturesConfig, ctx: DictionaryContext, ent: BatchEntries,
-                 idx: torch.Tensor, u: torch.Tensor | None, basis: tuple[torch.Tensor, torch.Tensor] | None,
-                 rows: torch.Tensor, flat: torch.Tensor, act: torch.Tensor, tokens: torch.Tensor) -> HoverTable | None:
+def batch_hovers(
+    model: HookedTransformer,
+    cfg: FeaturesConfig,
+    ctx: DictionaryContext,
+    idx: torch.Tensor,
+    u: torch.Tensor | None,
+    basis: tuple[torch.Tensor, torch.Tensor] | None,
+    rows: torch.Tensor,
+    flat: torch.Tensor,
+    act: torch.Tensor,
+    tokens: torch.Tensor,
+) -> HoverTable | None:
     """Hover tables of the pairs (row, flat position), sorted by (row, position), with
     activations ``act``; None when effects are off. ``basis``: the features' hover_basis
     (direct effects without a soft-cap), whose tokens direct hovers list."""
-    n_seq, n_ctx = tokens.shape
     next_tok = tokens.reshape(-1)[flat + 1]
     if ctx.effects == "direct":
+        assert ctx.final is not None and u is not None, "direct effects: the final residual and logit effects"
         order = torch.argsort(flat * len(idx) + rows)  # by position, so clean logits are shared
         if ctx.post_scale is not None:  # the residual stream receives act / scale of the post-norm
             act = act / ctx.post_scale[flat]
-        table = direct_hovers(model, ctx.norm, ctx.final, u, None if basis is None else basis[0], rows[order],
-                              flat[order], act[order], next_tok[order], cfg.hover_top, ctx.release)
+        table = direct_hovers(
+            model,
+            norm=ctx.norm,
+            final=ctx.final,
+            u=u,
+            basis=None if basis is None else basis[0],
+            rows=rows[order],
+            flat=flat[order],
+            acts=act[order],
+            next_tok=next_tok[order],
+            k=cfg.hover_top,
+            release=ctx.release,
+        )
         return table.take(torch.argsort(order))
-    if ctx.effects == "exact":  # one re-run per (feature, sequence)
-        run_keys, pair_run = torch.unique_consecutive(rows * n_seq + flat // n_ctx, return_inverse=True)
-        run_rows, run_seq = run_keys // n_seq, run_keys % n_seq
-        positions = run_seq[:, None] * n_ctx + torch.arange(n_ctx)  # [r, ctx]
-        run_acts = lookup(ent, n_seq * n_ctx, run_rows[:, None].expand_as(positions), positions)
-        return exact_hovers(model, ctx.d.hook_name, ctx.start, tokens, ctx.final, run_seq, run_acts,
-                            ctx.decoder[idx[run_rows]], pair_run, flat % n_ctx, next_tok, cfg.hover_top,
-                            cfg.token_batch_size, ctx.release)
+    if ctx.effects == "exact":  # one re-run per hover, the feature removed at its position only
+        assert ctx.final is not None, "exact effects capture the final residual"
+        return exact_hovers(
+            model,
+            hook_name=ctx.d.hook_name,
+            start=ctx.start,
+            tokens=tokens,
+            final=ctx.final,
+            decoder=ctx.decoder[idx],
+            rows=rows,
+            flat=flat,
+            acts=act,
+            next_tok=next_tok,
+            k=cfg.hover_top,
+            batch_size=cfg.token_batch_size,
+            release=ctx.release,
+        )
     return None

@@ -7,15 +7,16 @@
   by -a*r; with the final norm's scale frozen at its clean value s_p the logits move
   by -(a / s_p) * u exactly (before any logit soft-cap, which is then applied).
 - Hovers, ``exact``: the model is re-run from the hook's layer with a*decoder[f]
-  subtracted at the hook at every counted position of the sequence (the SAE error
-  term is kept), and the final norm and unembedding are recomputed.
+  subtracted at the hook at position p only (the SAE error term is kept), and the final
+  norm and unembedding at p are recomputed: the feature removed at that token alone, as
+  for ``direct`` hovers (its activations at other positions stay).
 Each hover reports log-prob changes (removed - clean) and the next-token loss change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from transformer_lens import HookedTransformer
@@ -55,10 +56,12 @@ class NormConvention:
             logits = logits.replace("final-norm scale", f"{post} and final-norm scales", 1)
         frozen = " and ".join(([f"{post}"] if post else []) + (["final-norm"] if self.present else []))
         hovers = {
-            "exact": "hovers: the model re-run with the feature removed at every counted position of the "
-                     "sequence (SAE error kept, final norm recomputed)",
+            "exact": "hovers: the model re-run with the feature removed at this position only (SAE error "
+            "kept, final norm recomputed)",
             "direct": f"hovers: direct path, {frozen} scale{'s' if post and self.present else ''} frozen at "
-                      "clean values (as sae_vis)" if frozen else "hovers: direct path",
+            "clean values (as sae_vis)"
+            if frozen
+            else "hovers: direct path",
             "none": "no hovers",
         }[effects]
         return f"{logits}; {hovers}"
@@ -122,8 +125,9 @@ def hover_rows(clean_lp: torch.Tensor, new: torch.Tensor, next_tok: torch.Tensor
     loss = -delta.gather(1, next_tok[:, None]).squeeze(1)
     ok = torch.isfinite(loss) & torch.isfinite(top.values).all(1) & torch.isfinite(bottom.values).all(1)
     nan = torch.full(loss.shape, float("nan"))
-    return HoverTable(loss.cpu(), top.indices.cpu(), top.values.cpu(), bottom.indices.cpu(), bottom.values.cpu(),
-                      ok.cpu(), nan, nan)
+    return HoverTable(
+        loss.cpu(), top.indices.cpu(), top.values.cpu(), bottom.indices.cpu(), bottom.values.cpu(), ok.cpu(), nan, nan
+    )
 
 
 def cat_tables(parts: list[HoverTable], k: int) -> HoverTable:
@@ -159,8 +163,9 @@ def rows_per_chunk(d_vocab: int) -> int:
     return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // d_vocab)
 
 
-def lse_change(clean_lp: torch.Tensor, at: torch.Tensor, u: torch.Tensor, r: torch.Tensor, coef: torch.Tensor,
-               u_max: torch.Tensor) -> torch.Tensor:
+def lse_change(
+    clean_lp: torch.Tensor, at: torch.Tensor, u: torch.Tensor, r: torch.Tensor, coef: torch.Tensor, u_max: torch.Tensor
+) -> torch.Tensor:
     """[h] log sum_v exp(lp_v - c u_v): the change of the log-sum-exp when the logits move by
     -c*u, for rows ``at`` of clean log-probs [p, V], rows ``r`` of ``u`` [B, V], ``coef`` [h, 1]
     and ``u_max`` = max |u| per row of u. Computed as log1p(sum_v p_v expm1(-c u_v)), which
@@ -180,9 +185,20 @@ def lse_change(clean_lp: torch.Tensor, at: torch.Tensor, u: torch.Tensor, r: tor
 
 
 @torch.no_grad()
-def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.Tensor, u: torch.Tensor,
-                  basis: torch.Tensor | None, rows: torch.Tensor, flat: torch.Tensor, acts: torch.Tensor,
-                  next_tok: torch.Tensor, k: int, release: Callable[[], None]) -> HoverTable:
+def direct_hovers(
+    model: HookedTransformer,
+    *,
+    norm: NormConvention,
+    final: torch.Tensor,
+    u: torch.Tensor,
+    basis: torch.Tensor | None,
+    rows: torch.Tensor,
+    flat: torch.Tensor,
+    acts: torch.Tensor,
+    next_tok: torch.Tensor,
+    k: int,
+    release: Callable[[], None],
+) -> HoverTable:
     """Hovers for pairs (feature row, flat position, activation), sorted by position.
     ``final``: [n_tok, d_model] clean final residuals; ``u``: [B, V] logit directions;
     ``basis``: [B, 2k] ids of each row's k lowest then k highest u (``hover_basis``; None under
@@ -198,6 +214,7 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
     k = min(k, u.shape[1])
     u = u.to(device)
     if not capped:
+        assert basis is not None, "direct hovers without a soft-cap list the basis tokens"
         u_low, u_high = basis[:, :k].to(device), basis[:, k:].to(device)  # [B, k] each
     u_max = u.abs().amax(1)  # [B]
     where, inv = torch.unique_consecutive(flat, return_inverse=True)
@@ -219,7 +236,9 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
             at, r, nxt = inv[q] - p, rows[q].to(device), next_tok[q].to(device)
             coef = (acts[q].to(device) / scale[at])[:, None]  # [h, 1]
             if capped:
-                new = torch.addcmul(pre[at], coef.double(), u[r].double(), value=-1.0)  # [h, V] logits without the feature
+                new = torch.addcmul(
+                    pre[at], coef.double(), u[r].double(), value=-1.0
+                )  # [h, V] logits without the feature
                 parts.append(hover_rows(clean_lp[at], apply_softcap(new, cap), nxt, k))
                 continue
             shift = lse_change(clean_lp, at, u, r, coef, u_max)[:, None]  # [h, 1]
@@ -229,43 +248,89 @@ def direct_hovers(model: HookedTransformer, norm: NormConvention, final: torch.T
             bottom = -coef * u[r[:, None], down] - shift
             loss = (coef * u[r, nxt][:, None] + shift).squeeze(1)
             ok = torch.isfinite(loss) & torch.isfinite(top).all(1) & torch.isfinite(bottom).all(1)
-            parts.append(HoverTable(loss.cpu(), up.cpu(), top.cpu(), down.cpu(), bottom.cpu(), ok.cpu(),
-                                    coef.squeeze(1).cpu(), shift.squeeze(1).cpu()))
+            parts.append(
+                HoverTable(
+                    loss.cpu(),
+                    up.cpu(),
+                    top.cpu(),
+                    down.cpu(),
+                    bottom.cpu(),
+                    ok.cpu(),
+                    coef.squeeze(1).cpu(),
+                    shift.squeeze(1).cpu(),
+                )
+            )
     return cat_tables(parts, k)
 
 
 @torch.no_grad()
-def exact_hovers(model: HookedTransformer, hook_name: str, start: torch.Tensor | None, tokens: torch.Tensor,
-                 final: torch.Tensor, runs_seq: torch.Tensor, runs_acts: torch.Tensor, runs_dec: torch.Tensor,
-                 pair_run: torch.Tensor, pair_pos: torch.Tensor, next_tok: torch.Tensor, k: int,
-                 batch_size: int, release: Callable[[], None]) -> HoverTable:
-    """Re-run each (sequence, feature) with the feature removed at the hook.
+def exact_hovers(
+    model: HookedTransformer,
+    *,
+    hook_name: str,
+    start: torch.Tensor | None,
+    tokens: torch.Tensor,
+    final: torch.Tensor,
+    decoder: torch.Tensor,
+    rows: torch.Tensor,
+    flat: torch.Tensor,
+    acts: torch.Tensor,
+    next_tok: torch.Tensor,
+    k: int,
+    batch_size: int,
+    release: Callable[[], None],
+) -> HoverTable:
+    """Hover h: the model re-run with acts[h] * decoder[rows[h]] subtracted at the hook at flat
+    position flat[h] only (``decoder``: [B, d_in]; ``rows``, ``flat``, ``acts``, ``next_tok``: [h]).
 
-    runs_seq [r]: sequence of each run; runs_acts [r, ctx]: the counted activations removed;
-    runs_dec [r, d_in]: decoder rows; pairs (run, position) sorted by run are the hovers.
-    ``start``: [n_seq, ctx, d_model] residual entering the hook's layer, or None (from the tokens);
-    ``release`` hands back the pages of memmapped ``start`` and ``final`` after each re-run batch."""
-    device, ctx = model.cfg.device, tokens.shape[1]
+    Each hover is one copy of its sequence, run from the hook's layer (``start``: [n_seq, ctx,
+    d_model] residual entering it, or None: from ``tokens``) and cut after its own position: a
+    causal model's prediction there does not see later ones. Copies go longest first into
+    forward passes of about ``batch_size`` whole sequences' positions, each cut to its longest
+    copy; ``release`` hands back the pages of memmapped ``start`` and ``final`` after each pass."""
+    device, n_ctx = model.cfg.device, tokens.shape[1]
     layer = start_layer(hook_name) if start is not None else None
-    step = rows_per_chunk(model.cfg.d_vocab)
-    parts = []
-    delta = torch.zeros(0)
+    seq, pos = flat // n_ctx, flat % n_ctx
+    order = torch.argsort(pos, descending=True, stable=True)
+    step = rows_per_chunk(model.cfg.d_vocab) // 2  # log-probs compared in float64: rows twice as large
+    parts, b = [], 0
+    while b < len(order):
+        length = int(pos[order[b]]) + 1
+        run = order[b : b + max(1, batch_size * n_ctx // length)]  # [n] hovers of one pass
+        b += len(run)
+        source = tokens if start is None or layer is None else start
+        x = source[seq[run], :length].to(device)  # [n, length(, d_model)]
+        at = pos[run].to(device)
+        delta = (acts[run, None] * decoder[rows[run]]).to(device)  # [n, d_in]
+        new_final = removed_final(model, hook_name=hook_name, x=x, layer=layer, at=at, delta=delta)
+        for c in range(0, len(run), step):
+            q = run[c : c + step]
+            new = final_logits(model, new_final[c : c + step])
+            clean = final_logits(model, final[flat[q]].to(device))
+            parts.append(hover_rows(torch.log_softmax(clean.double(), 1), new.double(), next_tok[q].to(device), k))
+        release()  # of the memmapped ``start`` and ``final``
+    return cat_tables(parts, k).take(torch.argsort(order))
+
+
+def removed_final(
+    model: HookedTransformer,
+    *,
+    hook_name: str,
+    x: torch.Tensor,
+    layer: int | None,
+    at: torch.Tensor,
+    delta: torch.Tensor,
+) -> torch.Tensor:
+    """[n, d_model] final residual of copy i at position at[i], with delta[i] ([n, d_in])
+    subtracted at the hook at that position only; ``x``: [n, length] tokens (``layer`` None)
+    or [n, length, d_model] residual entering block ``layer``."""
+    copy = torch.arange(len(at), device=at.device)
 
     def remove(act: torch.Tensor, hook) -> torch.Tensor:
-        return act - delta.view(act.shape).to(act.dtype)
+        act = act.clone(memory_format=torch.contiguous_format)
+        act.view(len(at), act.shape[1], -1)[copy, at] -= delta.to(act.dtype)
+        return act
 
-    for s in range(0, len(runs_seq), batch_size):
-        seqs = runs_seq[s : s + batch_size]
-        delta = (runs_acts[s : s + batch_size, :, None] * runs_dec[s : s + batch_size, None, :]).to(device)
-        x = tokens[seqs] if layer is None else start[seqs]
-        with model.hooks(fwd_hooks=[(hook_name, remove)]):
-            out = model(x.to(device), start_at_layer=layer, stop_at_layer=model.cfg.n_layers)  # [c, ctx, d_model]
-        lo, hi = torch.searchsorted(pair_run, torch.tensor([s, s + len(seqs)])).tolist()
-        for p in range(lo, hi, step):
-            q = slice(p, min(hi, p + step))
-            run = pair_run[q]
-            new = final_logits(model, out[run - s, pair_pos[q]])
-            clean = final_logits(model, final[runs_seq[run] * ctx + pair_pos[q]].to(device))
-            parts.append(hover_rows(torch.log_softmax(clean.float(), 1), new.float(), next_tok[q].to(device), k))
-        release()  # of the memmapped ``start`` and ``final``
-    return cat_tables(parts, k)
+    with model.hooks(fwd_hooks=[(hook_name, remove)]):
+        out = model(x, start_at_layer=layer, stop_at_layer=model.cfg.n_layers)  # [n, length, d_model]
+    return out[copy, at]

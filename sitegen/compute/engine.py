@@ -122,7 +122,14 @@ def context_for(
         NeuronActs(d, hook, counted, cache.release)
         if d.kind == "neurons"
         else SparseActs(
-            d, hook, counted, str(model.cfg.device), progress, budget, cache_dir / MEMMAP_DIR, cache.release
+            d,
+            hook,
+            counted,
+            device=str(model.cfg.device),
+            progress=progress,
+            budget=budget,
+            folder=cache_dir / MEMMAP_DIR,
+            release_hook=cache.release,
         )
     )
     effects = dictionary_effects(src.config.features.effects, directions)

@@ -80,6 +80,7 @@ class SparseActs:
         d: Dictionary,
         hook: torch.Tensor,
         counted: torch.Tensor,
+        *,
         device: str | torch.device,
         progress: bool,
         budget: int,
