@@ -197,10 +197,7 @@ def main() -> None:
             raise
         err.show()
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         click.echo("interrupted: finished feature batches are kept in the cache; rerun to resume", err=True)
         sys.exit(130)
     except OSError as err:

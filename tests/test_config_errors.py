@@ -106,6 +106,17 @@ def test_sae_width_and_hook_mismatch(monkeypatch, capsys, tiny_config):
     expect_error(monkeypatch, capsys, tiny_config, "blocks.7.hook_resid_pre", "not a hook of the model")
 
 
+def test_exact_effects_need_a_hook_the_rerun_passes(monkeypatch, capsys, tiny_config):
+    """An SAE after the last block: the re-run from its hook would never fire it."""
+    tiny_sae(hook="ln_final.hook_normalized").save_model(tiny_config.parent / "final")
+    edit(tiny_config, lambda c: c["dictionaries"][0].update(path="final"))
+    edit(tiny_config, lambda c: c.setdefault("features", {}).update(effects="exact"))
+    expect_error(monkeypatch, capsys, tiny_config, "dictionaries[0]", "ln_final.hook_normalized", "effects 'exact'")
+    edit(tiny_config, lambda c: c["features"].update(effects="direct"))
+    code, _, err = run_cli(monkeypatch, capsys, "validate", "--config", str(tiny_config))
+    assert code == 0, err
+
+
 def test_feature_ids_out_of_range_and_duplicates(monkeypatch, capsys, tiny_config):
     edit(tiny_config, lambda c: c["dictionaries"][0].update(features=[1, 64]))
     expect_error(monkeypatch, capsys, tiny_config, "dictionaries[0].features", "id 64 is out of range 0..63")

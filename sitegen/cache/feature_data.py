@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: exact hovers remove the feature at their position only; config_keys
 
 
 @dataclass

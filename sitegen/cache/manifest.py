@@ -70,14 +70,19 @@ def read_manifest(cache: Path) -> dict:
     return manifest
 
 
+# keys that change how a build runs, never what it computes (the cache is identical at any value)
+RENDER_IGNORES = ("features.activation_cache_mb", "features.feature_batch_size")
+
+
 def renderable_manifest(cache: Path, cfg: Config) -> dict:
-    """The manifest of a complete cache built from ``cfg``; a one-line SitegenError naming the
-    changed keys where the config has changed since (``sitegen render`` never shows stale data)."""
+    """The manifest of a complete cache built from ``cfg`` (up to ``RENDER_IGNORES``); a one-line
+    SitegenError naming the changed keys where the config has changed since (``sitegen render``
+    never shows stale data)."""
     manifest = read_manifest(cache)
     if not manifest.get("complete"):
         raise SitegenError(f"{cache}: the feature cache is incomplete; run 'sitegen build' to finish it")
-    if manifest.get("config_hash") != config_hash(cfg):
-        changed = changed_keys(manifest.get("config_keys", {}), config_keys(cfg)) or ["(unknown)"]
+    changed = [k for k in changed_keys(manifest.get("config_keys", {}), config_keys(cfg)) if k not in RENDER_IGNORES]
+    if changed:
         raise SitegenError(
             f"{cache}: built from another config (changed: {', '.join(changed)}); run 'sitegen build' to update it"
         )

@@ -15,7 +15,7 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from sitegen.config import Config, DictionaryConfig
 from sitegen.errors import SitegenError
-from sitegen.hooks import ATTN_Z, MLP_POST, block_hook, hook_layer, hook_point, is_resid_hook
+from sitegen.hooks import ATTN_Z, EMBED_HOOKS, MLP_POST, block_hook, hook_layer, hook_point, is_resid_hook
 
 
 class Dictionary(Protocol):
@@ -223,6 +223,11 @@ def load_dictionary(model: HookedTransformer, dc: DictionaryConfig, cfg: Config,
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SitegenError(f"{where}: could not load SAE from {src}: {msg}") from None
     hook = sae.cfg.metadata.hook_name
+    if cfg.features.effects == "exact" and hook_layer(hook) is None and hook not in EMBED_HOOKS:
+        raise SitegenError(
+            f"{where}: features.effects 'exact' re-runs the blocks from the SAE's hook, and '{hook}' is after "
+            "them; use effects 'direct' or 'none'"
+        )
     width = hook_width(model, hook)
     if width is None:
         raise SitegenError(f"{where}: SAE hook '{hook}' is not a hook of the model")
