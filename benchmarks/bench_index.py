@@ -17,8 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+from chromium import chromium  # noqa: E402
 from site_fixtures import DictSpec, index_rows, site_config, write_cache  # noqa: E402
 
 from sitegen.cache.manifest import read_manifest  # noqa: E402
@@ -64,23 +63,6 @@ def build_index(folder: Path, n: int) -> tuple[float, int]:
     return time.perf_counter() - start, (folder / "site" / "assets" / "index-data.js").stat().st_size
 
 
-def chromium() -> webdriver.Chrome:
-    opts = webdriver.ChromeOptions()
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='sitegen-bench-')}",
-    ):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--features", type=int, default=100_000)
@@ -91,8 +73,7 @@ def main() -> None:
         print(f"features: {args.features:,}")
         print(f"index-data.js: {data_bytes:,} bytes = {data_bytes / args.features:.1f} bytes/feature")
         print(f"render index (python): {seconds * 1000:.0f} ms")
-        driver = chromium()
-        try:
+        with chromium(folder / "profile") as driver:
             driver.set_script_timeout(30)
             driver.get((folder / "site" / "index.html").as_uri())
             drawn = driver.execute_script("return performance.getEntriesByName('sitegen-index-drawn')[0].startTime")
@@ -107,8 +88,6 @@ def main() -> None:
             for query in QUERIES:
                 handled, painted, count = driver.execute_async_script(SEARCH, query)
                 print(f"search {query!r:>10}: handler {handled:6.1f} ms, to next frame {painted:6.1f} ms ({count})")
-        finally:
-            driver.quit()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -11,25 +11,22 @@ import math
 import random
 import shutil
 import struct
-import tempfile
 import threading
 from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chromium import available, chromium
 from site_fixtures import DictSpec, decoded_examples, page_json, shown_change, site_config, write_cache
 
 from sitegen.render import render_site
 
 pytestmark = pytest.mark.browser
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+if not available():
     pytest.skip("needs Debian chromium and chromium-driver", allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -55,35 +52,9 @@ def site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def driver():
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-    ):
-        opts.add_argument(arg)
-    profile = tempfile.mkdtemp(prefix="sitegen-chromium-")
-    opts.add_argument(f"--user-data-dir={profile}")
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    with pytest.MonkeyPatch.context() as env:
-        # Selenium Manager (a binary that may go online) must never run. With the driver's path
-        # given, Selenium skips it (DriverFinder), and the browser's is given too; should a
-        # version call it anyway, it runs /bin/false and the driver fails to start (SE_OFFLINE
-        # and SE_AVOID_STATS: for a Selenium that ignores SE_MANAGER_PATH).
-        for name, value in (("SE_MANAGER_PATH", "/bin/false"), ("SE_OFFLINE", "true"), ("SE_AVOID_STATS", "true")):
-            env.setenv(name, value)
-        env.delenv("SE_CHROMEDRIVER", raising=False)  # it would replace the driver path given
-        drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    yield drv
-    drv.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+def driver(tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), logging=True) as drv:
+        yield drv
 
 
 def open_page(driver, url: str) -> None:
