@@ -3,7 +3,7 @@
 Produced by ``sitegen.compute`` and consumed by ``sitegen.render``; this module and the
 rest of ``sitegen.cache`` import no torch. Token ids are kept as ints; the renderer turns
 them into strings through ``tokens.json``. Floats are rounded to the precision a page
-shows before caching. Serialisation: ``cache.files.features_json`` /
+shows before caching. Serialisation: ``cache.files.write_batch`` /
 ``cache.files.feature_data_from_dict``: the JSON of a dataclass is its fields.
 """
 

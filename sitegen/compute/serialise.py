@@ -1,4 +1,4 @@
-"""Batch tensors -> the FeatureData of the batch (``cache.files.features_json`` writes them).
+"""Batch tensors -> the FeatureData of the batch (``cache.files.write_batch`` writes them).
 
 Everything is read out of the tensors with one ``tolist`` per field and batch, and the
 floats rounded there (``rounding.rounded``); the per-feature loop only assembles objects.
