@@ -17,15 +17,9 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sitegen.compute.correlations import correlated, decoder_neighbours, neuron_alignment
-from sitegen.compute.effects import (
-    HoverTable,
-    NormConvention,
-    direct_hovers,
-    exact_hovers,
-    hover_basis,
-    logit_directions,
-)
+from sitegen.compute.effects import NormConvention, hover_basis, logit_directions
 from sitegen.compute.examples import select_examples, windows
+from sitegen.compute.hovers import HoverRequest, LogitTable
 from sitegen.compute.serialise import FeatureTensors
 from sitegen.compute.stats import batch_stats, dense_histograms, row_histograms
 from sitegen.compute.store import NeuronActs, SparseActs
@@ -45,9 +39,7 @@ class DictionaryContext:
     directions: torch.Tensor | None  # [d_sae, d_model] residual directions
     effects: str  # "direct" | "exact" | "none", as this dictionary supports
     norm: NormConvention
-    final: torch.Tensor | None  # [n_tok, d_model] clean final residuals (effects on)
     post_scale: torch.Tensor | None  # [n_tok] clean scale of the hook's post-norm (direct effects, Gemma 2/3)
-    start: torch.Tensor | None  # [n_seq, ctx, d_model] residual entering the hook's layer (exact)
     seed: int
     release: Callable[[], None]  # hands back the pages of memmapped activations read so far
 
@@ -66,9 +58,17 @@ def top_ids_values(u: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def batch_tensors(
-    model: HookedTransformer, tokens: torch.Tensor, cfg: FeaturesConfig, ctx: DictionaryContext, ids: list[int]
-) -> FeatureTensors:
-    """Everything the FeatureData of the features ``ids`` (ascending) of one dictionary show."""
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    cfg: FeaturesConfig,
+    ctx: DictionaryContext,
+    ids: list[int],
+    logits: LogitTable | None,
+) -> tuple[FeatureTensors, HoverRequest | None]:
+    """Everything the FeatureData of the features ``ids`` (ascending) of one dictionary show,
+    but their hovers: those are the request (None with effects off), computed by the build's
+    hover phase (hovers.py) for all batches at once. Direct effects put the features' logit
+    effects into ``logits``."""
     n_seq, n_ctx = tokens.shape
     n_tok, n_rows = n_seq * n_ctx, len(ids)
     idx = torch.tensor(ids, dtype=torch.int64)
@@ -89,12 +89,21 @@ def batch_tensors(
     pair_act = torch.zeros(len(pair_keys)).index_put_((inverse,), win.acts[need])
     u = logit_directions(model, ctx.norm, ctx.directions[idx]) if ctx.directions is not None else None  # [B, V]
     basis = hover_basis(model, u, cfg.hover_top) if ctx.effects == "direct" and u is not None else None
-    hovers = batch_hovers(model, cfg, ctx, idx, u, basis, pair_rows, pair_flat, pair_act, tokens)
+    request = None
+    if ctx.effects != "none":
+        request = HoverRequest(pair_rows, pair_flat, pair_act, flat_tokens[pair_flat + 1])
+        if ctx.effects == "direct":
+            assert logits is not None and u is not None, "direct effects: a logit table and logit effects"
+            request.rows = pair_rows + logits.add(u, None if basis is None else basis[0])
+            if ctx.post_scale is not None:  # the residual stream receives act / scale of the post-norm
+                request.acts = pair_act / ctx.post_scale[pair_flat]
+        else:
+            request.rows = idx[pair_rows]  # exact: rows of the dictionary's decoder
     gram, hook_sums = ctx.acts.correlation_sums(idx, ent)
     acts = ctx.acts
     sx, sxx = acts.sx[idx], acts.sxx[idx]
     k = min(cfg.logit_top, model.cfg.d_vocab)
-    return FeatureTensors(
+    features = FeatureTensors(
         dictionary=ctx.d.name,
         ids=ids,
         can_be_negative=ctx.d.can_be_negative,
@@ -108,7 +117,7 @@ def batch_tensors(
         sel=sel,
         win=win,
         hover_of=hover_of,
-        hovers=hovers,
+        hovers=None,
         logit_top=None if u is None else top_ids_values(u, k, largest=True),
         logit_bottom=None if u is None else top_ids_values(u, k, largest=False),
         logit_hist=None if u is None else dense_histograms(u, cfg.logit_histogram_bins),
@@ -128,58 +137,4 @@ def batch_tensors(
         corr_features=correlated(acts.n_clean, gram, sx, sxx, acts.sx, acts.sxx, cfg.n_related, idx, False),
         neighbours=decoder_neighbours(ctx.unit_decoder, idx, cfg.n_neighbours),
     )
-
-
-def batch_hovers(
-    model: HookedTransformer,
-    cfg: FeaturesConfig,
-    ctx: DictionaryContext,
-    idx: torch.Tensor,
-    u: torch.Tensor | None,
-    basis: tuple[torch.Tensor, torch.Tensor] | None,
-    rows: torch.Tensor,
-    flat: torch.Tensor,
-    act: torch.Tensor,
-    tokens: torch.Tensor,
-) -> HoverTable | None:
-    """Hover tables of the pairs (row, flat position), sorted by (row, position), with
-    activations ``act``; None when effects are off. ``basis``: the features' hover_basis
-    (direct effects without a soft-cap), whose tokens direct hovers list."""
-    next_tok = tokens.reshape(-1)[flat + 1]
-    if ctx.effects == "direct":
-        assert ctx.final is not None and u is not None, "direct effects: the final residual and logit effects"
-        order = torch.argsort(flat * len(idx) + rows)  # by position, so clean logits are shared
-        if ctx.post_scale is not None:  # the residual stream receives act / scale of the post-norm
-            act = act / ctx.post_scale[flat]
-        table = direct_hovers(
-            model,
-            norm=ctx.norm,
-            final=ctx.final,
-            u=u,
-            basis=None if basis is None else basis[0],
-            rows=rows[order],
-            flat=flat[order],
-            acts=act[order],
-            next_tok=next_tok[order],
-            k=cfg.hover_top,
-            release=ctx.release,
-        )
-        return table.take(torch.argsort(order))
-    if ctx.effects == "exact":  # one re-run per hover, the feature removed at its position only
-        assert ctx.final is not None, "exact effects capture the final residual"
-        return exact_hovers(
-            model,
-            hook_name=ctx.d.hook_name,
-            start=ctx.start,
-            tokens=tokens,
-            final=ctx.final,
-            decoder=ctx.decoder[idx],
-            rows=rows,
-            flat=flat,
-            acts=act,
-            next_tok=next_tok,
-            k=cfg.hover_top,
-            batch_size=cfg.token_batch_size,
-            release=ctx.release,
-        )
-    return None
+    return features, request

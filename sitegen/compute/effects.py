@@ -28,6 +28,7 @@ CHUNK_ELEMENTS = 1 << 23  # [rows, d_vocab] elements per hover chunk (32 MiB of 
 # ... but at least MIN_CHUNK_ROWS rows: the unembedding streams W_U once per chunk, so at Gemma's
 # vocabulary 256 rows (256 MiB) run it ~1.6x faster than 32 would
 MIN_CHUNK_ROWS = 256
+LENGTH_STEP = 16  # exact hovers: re-runs are cut to a multiple of this many positions
 # rows whose largest |coef * u| exceeds this take the plain log-sum-exp in ``lse_change``
 # (expm1 would grow towards float32 overflow); their changes are large, so ~1e-6 is noise there
 LARGE_CHANGE = 30.0
@@ -137,10 +138,25 @@ def cat_tables(parts: list[HoverTable], k: int) -> HoverTable:
     return HoverTable(*(torch.cat([getattr(p, f) for p in parts]) for f in HoverTable.__dataclass_fields__))
 
 
+ROW_BLOCK = 64  # unembeddings run on a multiple of this many rows (zero rows pad a short chunk)
+
+
 def unembed(model: HookedTransformer, x: torch.Tensor) -> torch.Tensor:
     """[n, V] = x @ W_U + b_U, as model.unembed computes it but without its per-call copy of
-    W_U (a d_model x d_vocab transpose, 0.67 GB for Gemma's vocabulary)."""
-    return torch.addmm(model.b_U, x, model.W_U)
+    W_U (a d_model x d_vocab transpose, 0.67 GB for Gemma's vocabulary). A chunk of fewer than
+    ROW_BLOCK rows is padded: the matrix product takes another kernel for a few rows, whose last
+    bits differ, and a row's logits must not depend on which other rows share its chunk."""
+    n = len(x)
+    if n % ROW_BLOCK:
+        x = torch.cat([x, x.new_zeros(ROW_BLOCK - n % ROW_BLOCK, x.shape[1])])
+    return torch.addmm(model.b_U, x, model.W_U)[:n]
+
+
+def row_sums(x: torch.Tensor) -> torch.Tensor:
+    """[h] sums of the rows of ``x`` [h, V], each independent of the other rows: torch splits a
+    reduction to a single output across threads (another summation order), so one row is summed
+    as two equal ones."""
+    return torch.cat([x, x]).sum(1)[:1] if len(x) == 1 else x.sum(1)
 
 
 def final_logits(model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor:
@@ -164,23 +180,37 @@ def rows_per_chunk(d_vocab: int) -> int:
 
 
 def lse_change(
-    clean_lp: torch.Tensor, at: torch.Tensor, u: torch.Tensor, r: torch.Tensor, coef: torch.Tensor, u_max: torch.Tensor
+    clean_lp: torch.Tensor,
+    probs: torch.Tensor,
+    at: torch.Tensor,
+    u: torch.Tensor,
+    r: torch.Tensor,
+    coef: torch.Tensor,
+    u_max: torch.Tensor,
 ) -> torch.Tensor:
     """[h] log sum_v exp(lp_v - c u_v): the change of the log-sum-exp when the logits move by
-    -c*u, for rows ``at`` of clean log-probs [p, V], rows ``r`` of ``u`` [B, V], ``coef`` [h, 1]
-    and ``u_max`` = max |u| per row of u. Computed as log1p(sum_v p_v expm1(-c u_v)), which
-    keeps its relative precision when the change is tiny: a difference of two float32
-    log-sum-exps of magnitude ~log V is off by ~1e-6, as large as a weak feature's whole effect.
-    Rows where that form cancels (most of the probability removed, 1 + sum < 1/2) or where expm1
-    could overflow (|c u| > LARGE_CHANGE) take the plain log-sum-exp; their changes are large."""
+    -c*u, for rows ``at`` (ascending) of clean log-probs [p, V] and their ``probs`` = exp(log-probs),
+    rows ``r`` of ``u`` [R, V], ``coef`` [h, 1] and ``u_max`` [R] = max |u| per row of u. Computed as
+    log1p(sum_v p_v expm1(-c u_v)), which keeps its relative precision when the change is tiny: a
+    difference of two float32 log-sum-exps of magnitude ~log V is off by ~1e-6, as large as a weak
+    feature's whole effect. Rows where that form cancels (most of the probability removed,
+    1 + sum < 1/2) or where expm1 could overflow (|c u| > LARGE_CHANGE) take the plain log-sum-exp;
+    their changes are large."""
     big = coef.squeeze(1).abs() * u_max[r] > LARGE_CHANGE
-    x = u.index_select(0, r).mul_(coef).neg_().expm1_()  # [h, V] fresh copies, worked on in place
-    total = clean_lp.index_select(0, at).exp_().mul_(x).sum(1)  # [h] sum_v p_v expm1(-c u_v)
+    x = u.index_select(0, r).mul_(-coef).expm1_()  # [h, V] fresh copies, worked on in place
+    positions, counts = torch.unique_consecutive(at, return_counts=True)
+    first = 0
+    for p, n in zip(positions.tolist(), counts.tolist()):  # x *= p_v, one position's hovers at a time
+        x[first : first + n].mul_(probs[p])
+        first += n
+    total = row_sums(x)  # [h] sum_v p_v expm1(-c u_v)
     out = total.log1p()
     plain = big | (total < -0.5) | ~torch.isfinite(total)
     if bool(plain.any()):
-        at, r, c = at[plain], r[plain], coef[plain]
-        out[plain] = torch.logsumexp(clean_lp.index_select(0, at) - c * u.index_select(0, r), 1)
+        rows = plain.nonzero().squeeze(1)
+        pick = rows if len(rows) > 1 else rows.repeat(2)  # two rows: see row_sums
+        lse = torch.logsumexp(clean_lp.index_select(0, at[pick]) - coef[pick] * u.index_select(0, r[pick]), 1)
+        out[rows] = lse[: len(rows)]
     return out
 
 
@@ -191,6 +221,7 @@ def direct_hovers(
     norm: NormConvention,
     final: torch.Tensor,
     u: torch.Tensor,
+    u_max: torch.Tensor,
     basis: torch.Tensor | None,
     rows: torch.Tensor,
     flat: torch.Tensor,
@@ -198,12 +229,16 @@ def direct_hovers(
     next_tok: torch.Tensor,
     k: int,
     release: Callable[[], None],
+    tick: Callable[[int], None] = lambda n: None,
 ) -> HoverTable:
-    """Hovers for pairs (feature row, flat position, activation), sorted by position.
-    ``final``: [n_tok, d_model] clean final residuals; ``u``: [B, V] logit directions;
-    ``basis``: [B, 2k] ids of each row's k lowest then k highest u (``hover_basis``; None under
-    a soft-cap). Clean logits are computed once per position, for chunks of positions;
-    ``release`` hands back the pages of a memmapped ``final`` after each chunk is read.
+    """Hovers for pairs (row of ``u``, flat position, activation), sorted by position.
+    ``final``: [n_tok, d_model] clean final residuals; ``u``: [R, V] logit directions (memory or
+    a memmap) with ``u_max`` [R] = max |u| per row; ``basis``: [R, 2k] ids of each row's k lowest
+    then k highest u (``hover_basis``; None under a soft-cap). Clean logits are computed once per
+    position, for chunks of positions, whichever rows hover there; ``release`` hands back the pages
+    of memmapped ``final`` and ``u`` after each chunk; ``tick(n)`` reports n more hovers done.
+    Every number of a hover depends only on its own position, row and activation, not on which
+    other hovers share its chunk (``unembed``, ``row_sums``).
 
     Without a soft-cap, removal shifts every log-prob by -c*u_v - dLSE (c = a / s_p), so the
     top and bottom tokens are u's extremes and only dLSE needs the whole vocabulary. Under a
@@ -212,16 +247,13 @@ def direct_hovers(
     capped = softcap_enabled(cap)
     step = rows_per_chunk(u.shape[1]) // (2 if capped else 1)  # rows at a time (float64 ones are twice as large)
     k = min(k, u.shape[1])
-    u = u.to(device)
     if not capped:
         assert basis is not None, "direct hovers without a soft-cap list the basis tokens"
-        u_low, u_high = basis[:, :k].to(device), basis[:, k:].to(device)  # [B, k] each
-    u_max = u.abs().amax(1)  # [B]
+    u_max = u_max.to(device)
     where, inv = torch.unique_consecutive(flat, return_inverse=True)
     parts = []
     for p in range(0, len(where), step):
         resid = final[where[p : p + step]].to(device)  # [p, d_model]
-        release()
         pre = unembed(model, model.ln_final(resid) if norm.present else resid).float()  # [p, V] before any cap
         scale = frozen_scale(norm, resid, model.cfg.eps)
         if capped:
@@ -230,23 +262,29 @@ def direct_hovers(
         else:
             clean_lp = torch.log_softmax(pre, 1)
             del pre  # [p, V] freed: only the log-probs are needed
+            probs = clean_lp.exp()  # [p, V] once per position, for all its hovers
         lo, hi = torch.searchsorted(inv, torch.tensor([p, p + step])).tolist()
         for s in range(lo, hi, step):
             q = slice(s, min(hi, s + step))
-            at, r, nxt = inv[q] - p, rows[q].to(device), next_tok[q].to(device)
+            at, r, nxt = inv[q] - p, rows[q], next_tok[q].to(device)
             coef = (acts[q].to(device) / scale[at])[:, None]  # [h, 1]
+            gather = capped or str(device) != "cpu"  # this chunk's rows of u, on the device
+            ur = u.index_select(0, r).to(device) if gather else u
+            rr = torch.arange(len(r), device=device) if gather else r
             if capped:
-                new = torch.addcmul(
-                    pre[at], coef.double(), u[r].double(), value=-1.0
-                )  # [h, V] logits without the feature
+                new = torch.addcmul(pre[at], coef.double(), ur[rr].double(), value=-1.0)  # [h, V] logits without it
                 parts.append(hover_rows(clean_lp[at], apply_softcap(new, cap), nxt, k))
+                tick(len(r))
                 continue
-            shift = lse_change(clean_lp, at, u, r, coef, u_max)[:, None]  # [h, 1]
-            up = torch.where(coef > 0, u_low[r], u_high[r])  # largest log-prob increases first
-            down = torch.where(coef > 0, u_high[r], u_low[r])
-            top = -coef * u[r[:, None], up] - shift  # [h, k] (indexing u[r] first would copy [h, V])
-            bottom = -coef * u[r[:, None], down] - shift
-            loss = (coef * u[r, nxt][:, None] + shift).squeeze(1)
+            assert basis is not None
+            b = basis[r].to(device)
+            u_low, u_high = b[:, :k], b[:, k:]  # [h, k] ids each
+            shift = lse_change(clean_lp, probs, at, ur, rr, coef, u_max[r.to(device)])[:, None]  # [h, 1]
+            up = torch.where(coef > 0, u_low, u_high)  # largest log-prob increases first
+            down = torch.where(coef > 0, u_high, u_low)
+            top = -coef * ur[rr[:, None], up] - shift  # [h, k] (indexing u[r] first would copy [h, V])
+            bottom = -coef * ur[rr[:, None], down] - shift
+            loss = (coef * ur[rr, nxt][:, None] + shift).squeeze(1)
             ok = torch.isfinite(loss) & torch.isfinite(top).all(1) & torch.isfinite(bottom).all(1)
             parts.append(
                 HoverTable(
@@ -260,6 +298,8 @@ def direct_hovers(
                     shift.squeeze(1).cpu(),
                 )
             )
+            tick(len(r))
+        release()
     return cat_tables(parts, k)
 
 
@@ -279,36 +319,45 @@ def exact_hovers(
     k: int,
     batch_size: int,
     release: Callable[[], None],
+    tick: Callable[[int], None] = lambda n: None,
 ) -> HoverTable:
     """Hover h: the model re-run with acts[h] * decoder[rows[h]] subtracted at the hook at flat
     position flat[h] only (``decoder``: [B, d_in]; ``rows``, ``flat``, ``acts``, ``next_tok``: [h]).
 
     Each hover is one copy of its sequence, run from the hook's layer (``start``: [n_seq, ctx,
     d_model] residual entering it, or None: from ``tokens``) and cut after its own position: a
-    causal model's prediction there does not see later ones. Copies go longest first into
-    forward passes of about ``batch_size`` whole sequences' positions, each cut to its longest
-    copy; ``release`` hands back the pages of memmapped ``start`` and ``final`` after each pass."""
+    causal model's prediction there does not see later ones. Copies are cut to their position
+    rounded up to a multiple of LENGTH_STEP, and go into forward passes of copies of one length,
+    about ``batch_size`` whole sequences' positions each (a short pass filled up with repeats): a
+    hover's numbers then depend on its own copy only, not on which others share its pass.
+    ``release`` hands back the pages of memmapped ``start`` and ``final`` after each pass;
+    ``tick(n)`` reports n more hovers done."""
     device, n_ctx = model.cfg.device, tokens.shape[1]
     layer = start_layer(hook_name) if start is not None else None
     seq, pos = flat // n_ctx, flat % n_ctx
-    order = torch.argsort(pos, descending=True, stable=True)
+    bucket = ((pos + LENGTH_STEP) // LENGTH_STEP * LENGTH_STEP).clamp(max=n_ctx)  # [h] length of its pass
+    order = torch.argsort(bucket, descending=True, stable=True)
     step = rows_per_chunk(model.cfg.d_vocab) // 2  # log-probs compared in float64: rows twice as large
     parts, b = [], 0
     while b < len(order):
-        length = int(pos[order[b]]) + 1
-        run = order[b : b + max(1, batch_size * n_ctx // length)]  # [n] hovers of one pass
+        length = int(bucket[order[b]])
+        n = max(1, batch_size * n_ctx // length)  # copies per pass of this length
+        run = order[b : b + n]
+        run = run[bucket[run] == length]  # [m] hovers of one pass
         b += len(run)
+        full = torch.cat([run, run[-1:].expand(n - len(run))])  # [n]: a short pass repeats its last copy
         source = tokens if start is None or layer is None else start
-        x = source[seq[run], :length].to(device)  # [n, length(, d_model)]
-        at = pos[run].to(device)
-        delta = (acts[run, None] * decoder[rows[run]]).to(device)  # [n, d_in]
-        new_final = removed_final(model, hook_name=hook_name, x=x, layer=layer, at=at, delta=delta)
+        x = source[seq[full], :length].to(device)  # [n, length(, d_model)]
+        at = pos[full].to(device)
+        delta = (acts[full, None] * decoder[rows[full]]).to(device)  # [n, d_in]
+        new_final = removed_final(model, hook_name=hook_name, x=x, layer=layer, at=at, delta=delta)[: len(run)]
         for c in range(0, len(run), step):
             q = run[c : c + step]
             new = final_logits(model, new_final[c : c + step])
             clean = final_logits(model, final[flat[q]].to(device))
             parts.append(hover_rows(torch.log_softmax(clean.double(), 1), new.double(), next_tok[q].to(device), k))
         release()  # of the memmapped ``start`` and ``final``
+        tick(len(run))
     return cat_tables(parts, k).take(torch.argsort(order))
 
 

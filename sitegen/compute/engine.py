@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformer_lens.utilities.activation_functions import softcap_enabled
 
-from sitegen.cache.feature_data import DictionarySummary
+from sitegen.cache.feature_data import DictionarySummary, FeatureData
 from sitegen.cache.files import batch_path, read_batch, read_json, write_batch, write_json
 from sitegen.cache.manifest import stale_reason
 from sitegen.compute.activations import (
@@ -33,8 +34,10 @@ from sitegen.compute.activations import (
 from sitegen.compute.batch import DictionaryContext, batch_tensors
 from sitegen.compute.correlations import unit_rows
 from sitegen.compute.effects import NormConvention, norm_convention
+from sitegen.compute.hovers import ExactSource, LogitTable, Pending, hover_phase
 from sitegen.compute.manifest import manifest_head
 from sitegen.compute.serialise import feature_data
+from sitegen.compute.spill import Arrays
 from sitegen.compute.store import NeuronActs, SparseActs
 from sitegen.errors import SitegenError
 from sitegen.hooks import block_hook
@@ -110,14 +113,16 @@ def context_for(
     cache_dir: Path,
     norm: NormConvention,
     directions: torch.Tensor | None,
+    reserved: int,
     progress: bool,
 ) -> DictionaryContext:
     """The shared state of one dictionary's batches; its activation store gets what the captured
-    activations leave of the budget, beyond which it goes to disk in the scratch folder."""
+    activations and the ``reserved`` bytes (the logit table's) leave of the budget, beyond which
+    it goes to disk in the scratch folder."""
     d, model, data = src.dictionaries[i], src.model, src.data
     counted = ~data.ignore.reshape(-1)
     hook = cache.acts[d.hook_name]
-    budget = max(0, src.config.features.activation_cache_mb * 2**20 - cache.bytes_in_memory())
+    budget = max(0, src.config.features.activation_cache_mb * 2**20 - cache.bytes_in_memory() - reserved)
     acts = (
         NeuronActs(d, hook, counted, cache.release)
         if d.kind == "neurons"
@@ -133,12 +138,8 @@ def context_for(
         )
     )
     effects = dictionary_effects(src.config.features.effects, directions)
-    final = cache.acts.get(final_resid_hook(model)) if effects != "none" else None
     post = post_norm(model, d.hook_name) if effects == "direct" else None
     post_scale = cache.acts[f"{post}.hook_scale"].reshape(-1) if post else None
-    start = None
-    if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
-        start = cache.acts[block_hook(layer, "hook_resid_pre")].view(*data.tokens.shape, model.cfg.d_model)
     decoder = d.decoder().detach().float().cpu()
     return DictionaryContext(
         index=i,
@@ -149,9 +150,7 @@ def context_for(
         directions=None if directions is None else directions.detach().float().cpu(),
         effects=effects,
         norm=norm,
-        final=final,
         post_scale=post_scale,
-        start=start,
         seed=src.config.seed,
         release=cache.release,
     )
@@ -160,7 +159,8 @@ def context_for(
 def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True) -> dict:
     """Compute one FeatureData per feature id of every dictionary into ``cache_dir``;
     resumes from the batches a matching earlier build left. Returns the manifest, with
-    this run's ``model_passes``, ``reused_batches`` and ``seconds`` added to its stats."""
+    this run's ``model_passes``, ``reused_batches``, ``seconds`` and (when it computed hovers)
+    ``hovers`` and ``hover_positions`` (the distinct positions of its direct hovers) added to its stats."""
     started = time.perf_counter()
     src, fc = sources, sources.config.features
     cache_dir = Path(cache_dir)
@@ -189,26 +189,51 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     model_passes = 0
     tokens: set[int] = set()
     n_nonfinite = 0
+    counts: dict[str, int] = {}
     if todo:
         cache = capture_for(src, todo, directions, cache_dir, progress)
         model_passes, seconds["model pass"] = cache.model_passes, cache.seconds
+        budget = max(0, fc.activation_cache_mb * 2**20 - cache.bytes_in_memory())
+        arrays = Arrays(budget, cache_dir / MEMMAP_DIR)
         try:
+            logits = logit_table(src, todo=todo, missing=missing, plan=plan, directions=directions, arrays=arrays)
+            pending: list[Pending] = []
+            exact: dict[int, ExactSource] = {}
             for i in todo:
                 name = src.dictionaries[i].name
                 t0 = time.perf_counter()
                 ctx = context_for(
-                    src, i=i, cache=cache, cache_dir=cache_dir, norm=norm, directions=directions[i], progress=progress
+                    src,
+                    i=i,
+                    cache=cache,
+                    cache_dir=cache_dir,
+                    norm=norm,
+                    directions=directions[i],
+                    reserved=budget - arrays.left,
+                    progress=progress,
                 )
                 seconds[f"encode {name}"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 todo_batches = [(b, plan[i][b]) for b in missing[i]]
                 try:
-                    n_nonfinite += write_batches(src, ctx, cache_dir, todo_batches, tokens, progress)
+                    n_nonfinite += batch_pass(src, ctx, cache_dir, todo_batches, logits, pending, tokens, progress)
                 finally:
                     ctx.acts.close()
+                if ctx.effects == "exact":
+                    exact[i] = exact_source(src, cache, i, ctx.decoder)
                 seconds[f"features {name}"] = time.perf_counter() - t0
                 del ctx
+            if pending:
+                t0 = time.perf_counter()
+                counts = hover_phase(
+                    src, cache, norm=norm, logits=logits, pending=pending, exact=exact, progress=progress
+                )
+                seconds["hovers"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                n_nonfinite += write_pending(cache_dir, pending, tokens, progress)
+                seconds["write"] = time.perf_counter() - t0
         finally:
+            arrays.close()
             cache.close()
             remove_scratch(cache_dir)
     t0 = time.perf_counter()
@@ -226,7 +251,8 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     seconds["total"] = time.perf_counter() - started
     if progress:
         log.info("feature cache: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
-    return {**manifest, "stats": {**stats, "model_passes": model_passes, "reused_batches": reused, "seconds": seconds}}
+    run = {"model_passes": model_passes, "reused_batches": reused, "seconds": seconds, **counts}
+    return {**manifest, "stats": {**stats, **run}}
 
 
 @contextmanager
@@ -242,28 +268,95 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def write_batches(
+def batch_pass(
     src: Sources,
     ctx: DictionaryContext,
     cache_dir: Path,
     batches: list[tuple[int, list[int]]],
+    logits: LogitTable | None,
+    pending: list[Pending],
     tokens: set[int],
     progress: bool,
 ) -> int:
-    """Build and write batches (number, feature ids) of one dictionary; add their token ids
-    to ``tokens``; return their NaN/inf count. Memmapped pages a batch read are handed back
-    after it, so memory does not fill with them batch after batch."""
+    """Build the batches (number, feature ids) of one dictionary but their hovers: with effects
+    off, write each at once (adding its token ids to ``tokens``, returning the NaN/inf count);
+    with effects on, append it to ``pending`` for the hover phase. Memmapped pages a batch read
+    are handed back after it, so memory does not fill with them batch after batch."""
     n_nonfinite = 0
-    with paused_gc():
-        for b, ids in tqdm(batches, desc=f"features {ctx.d.name}", unit="batch", disable=not progress):
-            features = feature_data(batch_tensors(src.model, src.data.tokens, src.config.features, ctx, ids))
-            write_batch(cache_dir, ctx.index, b, features)
-            for fd in features:
-                tokens.update(fd.token_ids())
-                n_nonfinite += fd.n_nonfinite
+    n_features = sum(len(ids) for _, ids in batches)
+    with (
+        paused_gc(),
+        tqdm(total=n_features, desc=f"features {ctx.d.name}", unit="feature", disable=not progress) as bar,
+    ):
+        for b, ids in batches:
+            tensors, request = batch_tensors(src.model, src.data.tokens, src.config.features, ctx, ids, logits)
+            if request is None:
+                n_nonfinite += write_features(cache_dir, ctx.index, b, feature_data(tensors), tokens)
+            else:
+                pending.append(Pending(ctx.index, b, tensors, request))
             ctx.release()
             ctx.acts.release()
+            bar.update(len(ids))
     return n_nonfinite
+
+
+def write_features(cache_dir: Path, index: int, b: int, features: list[FeatureData], tokens: set[int]) -> int:
+    """Write one batch file; add its token ids to ``tokens``; return its NaN/inf count."""
+    write_batch(cache_dir, index, b, features)
+    n_nonfinite = 0
+    for fd in features:
+        tokens.update(fd.token_ids())
+        n_nonfinite += fd.n_nonfinite
+    return n_nonfinite
+
+
+def write_pending(cache_dir: Path, pending: list[Pending], tokens: set[int], progress: bool) -> int:
+    """Write the batches whose hovers the hover phase filled in; return their NaN/inf count."""
+    n_nonfinite = 0
+    total = sum(len(p.tensors.ids) for p in pending)
+    pending.reverse()
+    with paused_gc(), tqdm(total=total, desc="writing", unit="feature", disable=not progress) as bar:
+        while pending:
+            p = pending.pop()  # freed once written
+            n_nonfinite += write_features(cache_dir, p.dictionary, p.batch, feature_data(p.tensors), tokens)
+            bar.update(len(p.tensors.ids))
+    return n_nonfinite
+
+
+def logit_table(
+    src: Sources,
+    *,
+    todo: list[int],
+    missing: dict[int, list[int]],
+    plan: list[list[list[int]]],
+    directions: list,
+    arrays: Arrays,
+) -> LogitTable | None:
+    """The table for the logit effects of every feature whose direct hovers this build computes
+    (None if there are none)."""
+    n_rows = sum(
+        len(plan[i][b])
+        for i in todo
+        if dictionary_effects(src.config.features.effects, directions[i]) == "direct"
+        for b in missing[i]
+    )
+    if not n_rows:
+        return None
+    model = src.model
+    width = (
+        None
+        if softcap_enabled(model.cfg.output_logits_soft_cap)
+        else 2 * min(src.config.features.hover_top, model.cfg.d_vocab)
+    )
+    return LogitTable(n_rows, model.cfg.d_vocab, width, arrays)
+
+
+def exact_source(src: Sources, cache: ActivationCache, i: int, decoder: torch.Tensor) -> ExactSource:
+    d, model = src.dictionaries[i], src.model
+    start = None
+    if (layer := start_layer(d.hook_name)) is not None:
+        start = cache.acts[block_hook(layer, "hook_resid_pre")].view(*src.data.tokens.shape, model.cfg.d_model)
+    return ExactSource(d.hook_name, start, decoder)
 
 
 def read_json_or_none(path: Path) -> dict | None:
