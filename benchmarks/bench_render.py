@@ -1,10 +1,13 @@
 """``sitegen render`` of a synthetic cache of many features (not a test): how long the
-command takes to start (its imports: no torch) and to write every page.
+command takes to start (its imports: no torch) and to write every page, in its process pool
+and sequentially.
 
 Usage: python benchmarks/bench_render.py [--features 10000]
 Writes a synthetic cache (tests/site_fixtures.py) and the site into a temp folder; prints
 the start-up time (a fresh process importing the CLI and everything render uses), beside the
-import of torch alone for scale, and the whole render's wall time and pages per second.
+import of torch alone for scale, then the wall time, ms per page and pages per second of
+``sitegen render`` (feature pages in a pool of one worker per core) and of the same render in
+one process (``render_site(..., workers=1)``), each a fresh process timed from start to end.
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from site_fixtures import DictSpec, write_cache  # noqa: E402
 
 from sitegen.config import load_config  # noqa: E402
 from sitegen.render import scaffold_project  # noqa: E402
+from sitegen.render.pages_pool import pool_size  # noqa: E402
 
 START = "import time; t = time.perf_counter(); import {modules}; print(time.perf_counter() - t)"
+SEQUENTIAL = (
+    "from sitegen.config import load_config; from sitegen.render import render_site; "
+    "cfg = load_config('site_config.yaml'); render_site(cfg.resolve(cfg.cache), cfg, cfg.resolve(cfg.out), workers=1)"
+)
 
 
 def import_seconds(modules: str) -> float:
@@ -61,17 +69,21 @@ def main() -> None:
         write_cache(folder / cfg.cache, [spec], config=load_config(config), batch_size=256)
         cli = import_seconds("sitegen.cli, sitegen.render, sitegen.cache.files, sitegen.cache.manifest")
         torch = import_seconds("torch")
-        t0 = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-c", "from sitegen.cli import main; main()", "render"],
-            cwd=folder,
-            check=True,
-            capture_output=True,
-        )
-        total = time.perf_counter() - t0
-        print(f"features: {args.features:,}")
+        n_batches = len(list((folder / cfg.cache / "features").glob("*/*.json")))
+        workers = pool_size(args.features, n_batches, None)
+        print(f"features: {args.features:,} in {n_batches} batch files")
         print(f"start (import of the CLI and render, best of 3): {cli:.2f} s; torch alone: {torch:.2f} s")
-        print(f"sitegen render: {total:.1f} s, {args.features / total:,.0f} pages/s")
+        for label, code in [
+            (f"sitegen render, {workers} worker(s)", "from sitegen.cli import main; main()"),
+            ("sequential (workers=1)", SEQUENTIAL),
+        ]:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code, "render"], cwd=folder, check=True, capture_output=True)
+            total = time.perf_counter() - t0
+            print(
+                f"{label}: {total:.1f} s, {total * 1000 / args.features:.2f} ms/page, "
+                f"{args.features / total:,.0f} pages/s"
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -136,9 +136,14 @@ def read_batch(path: Path) -> list[FeatureData]:
         raise SitegenError(f"{path}: not a feature batch of this sitegen ({err}); rebuild the cache") from None
 
 
+def batch_files(cache: Path, dict_index: int) -> list[Path]:
+    """The batch files of one dictionary, in feature order."""
+    return sorted((cache / "features" / str(dict_index)).glob("*.json"))
+
+
 def read_features(cache: Path, dict_index: int) -> Iterator[FeatureData]:
     """Every cached FeatureData of one dictionary, in feature order."""
-    for path in sorted((cache / "features" / str(dict_index)).glob("*.json")):
+    for path in batch_files(cache, dict_index):
         yield from read_batch(path)
 
 

@@ -13,13 +13,15 @@ import os
 import secrets
 import shutil
 import tempfile
+from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from sitegen.cache.feature_data import DictionarySummary, FeatureData
-from sitegen.cache.files import dictionary_summaries, read_features, read_token_table
+from sitegen.cache.files import batch_files, dictionary_summaries, read_batch, read_token_table
 from sitegen.cache.manifest import read_manifest
 from sitegen.config import Config
 from sitegen.errors import SitegenError
@@ -28,6 +30,7 @@ from sitegen.render.embed import compact_number, script_json_markup
 from sitegen.render.feature_page import feature_page_context, feature_page_json
 from sitegen.render.index_data import INDEX_DATA_PATH, IndexRow, index_row, index_script
 from sitegen.render.markup import Page, load_notes, load_pages, markdown_html, plain_snippet
+from sitegen.render.pages_pool import render_batches
 
 TEMPLATES = bundled_dir("templates")
 GENERATOR_META = '<meta name="generator" content="sitegen">'
@@ -73,12 +76,29 @@ class DictionaryListing:
     n_dead: int
 
 
+@dataclass
+class BuiltFeatures:
+    """One dictionary's built feature ids, sorted, and each one's position among them."""
+
+    ids: list[int]
+    set: set[int]
+    position: dict[int, int]
+
+    @classmethod
+    def of(cls, summary: DictionarySummary) -> BuiltFeatures:
+        ids = sorted(set(summary.feature_ids))
+        return cls(ids, set(ids), {f: n for n, f in enumerate(ids)})
+
+
 class SiteWriter:
-    """Writes every file of one site under ``root``."""
+    """Writes every file of one site under ``root``. The feature pages are written batch file
+    by batch file (``write_batch``), here or in worker processes (``pages_pool``), each of which
+    makes its own SiteWriter from the same arguments (``worker_factory``)."""
 
     def __init__(
         self, root: Path, cache: Path, cfg: Config, manifest: dict, notes: dict[str, dict[int, str]], pages: list[Page]
     ):
+        self.args = (root, cache, cfg, manifest, notes, pages)
         self.root, self.cache, self.manifest, self.notes = root, cache, manifest, notes
         self.pages = [p for p in pages if p.name != "about"]
         self.about = next((p for p in pages if p.name == "about"), None)
@@ -86,6 +106,11 @@ class SiteWriter:
         self.texts = read_token_table(cache)
         self.env = template_env()
         self.env.globals.update(site_title=cfg.site.title, nav_pages=self.pages, css=static_markup("site.css"))
+        self.built: dict[int, BuiltFeatures] = {}  # by dictionary index, made on first use
+
+    def worker_factory(self) -> partial[SiteWriter]:
+        """A picklable callable that makes this SiteWriter again (in a worker process)."""
+        return partial(SiteWriter, *self.args)
 
     def write(self, relative: str, text: str) -> None:
         path = self.root / relative
@@ -96,10 +121,21 @@ class SiteWriter:
         root = "../" * relative.count("/")
         self.write(relative, self.env.get_template(template).render(root=root, **context))
 
-    def write_all(self) -> None:
+    def write_all(self, workers: int | None = None) -> None:
+        """Every file of the site. ``workers``: processes for the feature pages (None: one per
+        core, or none for a small site; 1: render here)."""
         self.write(".nojekyll", "")
+        files = [batch_files(self.cache, i) for i in range(len(self.summaries))]
+        tasks = [(i, path) for i, paths in enumerate(files) for path in paths]
+        n_pages = sum(len(set(s.feature_ids)) for s in self.summaries)
         rows: list[IndexRow] = []
-        listings = [self.write_dictionary(i, s, rows) for i, s in enumerate(self.summaries)]
+        listings = []
+        # batch results come back in task order, so rows and errors follow the sequential order
+        with closing(render_batches(tasks, self, self.worker_factory(), n_pages, workers)) as results:
+            for index, summary in enumerate(self.summaries):
+                dict_rows = [row for _ in files[index] for row in next(results)]
+                listings.append(self.listing(summary, dict_rows))
+                rows += dict_rows
         self.write_index(rows, listings)
         self.write_pages(listings)
 
@@ -128,31 +164,36 @@ class SiteWriter:
             self.render(f"{page.name}.html", "page.html", page_title=page.title, body=page.html, page_css=page_css)
         self.render("404.html", "404.html", page_css=page_css, js=static_markup("notfound.js"))
 
-    def write_dictionary(self, index: int, summary: DictionarySummary, rows: list[IndexRow]) -> DictionaryListing:
-        built = sorted(set(summary.feature_ids))
-        built_set = set(built)
-        position = {f: n for n, f in enumerate(built)}
+    def write_batch(self, index: int, path: Path) -> list[IndexRow]:
+        """The pages of one batch file of dictionary ``index``; returns their index rows."""
+        summary = self.summaries[index]
+        if index not in self.built:
+            self.built[index] = BuiltFeatures.of(summary)
+        built = self.built[index]
         notes = self.notes.get(summary.name, {})
-        n_pages = n_dead = 0
-        for fd in read_features(self.cache, index):
-            if fd.feature not in position:
+        rows = []
+        for fd in read_batch(path):
+            if fd.feature not in built.position:
                 raise SitegenError(
                     f"{self.cache}: feature {fd.feature} of '{summary.name}' is cached "
                     "but not listed in the manifest; rebuild the cache"
                 )
-            n = position[fd.feature]
-            nav = (built[n - 1] if n > 0 else None, built[n + 1] if n + 1 < len(built) else None)
+            n = built.position[fd.feature]
+            nav = (built.ids[n - 1] if n > 0 else None, built.ids[n + 1] if n + 1 < len(built.ids) else None)
             note = notes.get(fd.feature)
-            self.write_feature(index, summary, fd, nav, note, built_set)
+            self.write_feature(index, summary, fd, nav, note, built.set)
             rows.append(index_row(fd, index, self.texts, plain_snippet(note) if note else ""))
-            n_pages += 1
-            n_dead += fd.dead
-        if n_pages != len(built):
+        return rows
+
+    def listing(self, summary: DictionarySummary, rows: list[IndexRow]) -> DictionaryListing:
+        """The index's entry for a dictionary whose pages gave ``rows``."""
+        n_built = len(set(summary.feature_ids))
+        if len(rows) != n_built:
             raise SitegenError(
-                f"{self.cache}: '{summary.name}' lists {len(built)} features but "
-                f"{n_pages} are cached; rebuild the cache"
+                f"{self.cache}: '{summary.name}' lists {n_built} features but {len(rows)} are cached; rebuild the cache"
             )
-        return DictionaryListing(summary.name, summary.kind, summary.hook_name, summary.d_sae, n_pages, n_dead)
+        n_dead = sum(r.dead for r in rows)
+        return DictionaryListing(summary.name, summary.kind, summary.hook_name, summary.d_sae, len(rows), n_dead)
 
     def write_feature(
         self,
@@ -255,9 +296,10 @@ def replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def render_site(cache_dir: Path, cfg: Config, out_dir: Path) -> Path:
+def render_site(cache_dir: Path, cfg: Config, out_dir: Path, *, workers: int | None = None) -> Path:
     """Build the site for the feature cache ``cache_dir`` into ``out_dir``; returns ``out_dir``.
-    A failed render leaves a previous site at ``out_dir`` untouched."""
+    A failed render leaves a previous site at ``out_dir`` untouched. ``workers``: processes
+    rendering the feature pages (None: one per core, none for a small site; 1: in this one)."""
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     manifest = read_manifest(cache_dir)
     notes = load_notes(cfg.resolve(cfg.site.notes), dictionary_summaries(manifest)) if cfg.site.notes else {}
@@ -268,7 +310,7 @@ def render_site(cache_dir: Path, cfg: Config, out_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         tmp.chmod(0o755)
-        SiteWriter(tmp, cache_dir, cfg, manifest, notes, pages).write_all()
+        SiteWriter(tmp, cache_dir, cfg, manifest, notes, pages).write_all(workers)
         replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
