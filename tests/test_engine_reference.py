@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from fixtures import tiny_sae, write_project
+from fixtures import tiny_model, tiny_sae, write_project
 from site_fixtures import listed_changes
 
 from sitegen.cache.feature_data import DirectHover, ListedHover, TokenValues
@@ -784,3 +784,57 @@ def test_summaries_and_notes(tmp_path):
     assert [s.name for s in sums] == ["sae", "neurons"]
     assert sums[1].feature_ids == list(range(16)) and sums[1].kind == "neurons"
     assert all(s.effects == "direct" and "mean-centred" in s.norm_note and "frozen" in s.norm_note for s in sums)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_direct_hovers_against_float64_and_their_chunk_mates(seed):
+    """direct_hovers over a logit table with many more rows than hovers (as the build's hover
+    phase reads it), for random pairs sorted by position: each shift is the float64
+    LSE(lp - c u) - LSE(lp), each loss c u[next] + shift; and every hover computed alone or
+    with any subset of the others is bit-for-bit the same (a resumed build or another executor
+    computes other chunk-mates)."""
+    from sitegen.compute.effects import direct_hovers, frozen_scale, hover_basis, norm_convention
+
+    g = torch.Generator().manual_seed(seed)
+    model = tiny_model(seed % 7)
+    norm = norm_convention(model)
+    n_tok, n_rows, h = 40, 300, 60
+    final = torch.randn(n_tok, model.cfg.d_model, generator=g) * 3
+    u = torch.randn(n_rows, model.cfg.d_vocab, generator=g) * torch.logspace(-4, 1, n_rows)[:, None]
+    basis = hover_basis(model, u, 5)
+    assert basis is not None
+    flat = torch.randint(0, n_tok - 1, (h,), generator=g).sort().values
+    rows = torch.randint(0, n_rows, (h,), generator=g)
+    acts = torch.rand(h, generator=g) * 4
+    next_tok = torch.randint(0, model.cfg.d_vocab, (h,), generator=g)
+
+    def hovers(keep: torch.Tensor):
+        return direct_hovers(
+            model,
+            norm=norm,
+            final=final,
+            u=u,
+            u_max=u.abs().amax(1),
+            basis=basis[0],
+            rows=rows[keep],
+            flat=flat[keep],
+            acts=acts[keep],
+            next_tok=next_tok[keep],
+            k=5,
+            release=lambda: None,
+        )
+
+    every = hovers(torch.arange(h))
+    with torch.no_grad():
+        clean = torch.log_softmax(model.unembed(model.ln_final(final[flat][:, None]))[:, 0].double(), 1)
+    c = acts.double() / frozen_scale(norm, final[flat], model.cfg.eps).double()
+    want = torch.logsumexp(clean - c[:, None] * u[rows].double(), 1) - torch.logsumexp(clean, 1)
+    scale = 1e-5 * (1 + (c[:, None] * u[rows].double()).abs().amax(1))
+    assert bool(((every.shift.double() - want).abs() < scale).all()), f"seed={seed}"
+    loss = c * u[rows, next_tok].double() + want
+    assert bool(((every.loss.double() - loss).abs() < scale).all()), f"seed={seed}"
+    for _ in range(3):
+        keep = torch.randperm(h, generator=g)[: int(torch.randint(1, h, (1,), generator=g))].sort().values
+        part = hovers(keep)
+        for field in ("loss", "shift", "coef", "top_vals", "bottom_vals", "top_ids"):
+            assert torch.equal(getattr(part, field), getattr(every, field)[keep]), f"seed={seed} {field}"

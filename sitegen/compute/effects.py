@@ -279,7 +279,7 @@ def direct_hovers(
             assert basis is not None
             b = basis[r].to(device)
             u_low, u_high = b[:, :k], b[:, k:]  # [h, k] ids each
-            shift = lse_change(clean_lp, probs, at, ur, rr, coef, u_max[r.to(device)])[:, None]  # [h, 1]
+            shift = lse_change(clean_lp, probs, at, ur, rr, coef, u_max[r.to(device)] if gather else u_max)[:, None]
             up = torch.where(coef > 0, u_low, u_high)  # largest log-prob increases first
             down = torch.where(coef > 0, u_high, u_low)
             top = -coef * ur[rr[:, None], up] - shift  # [h, k] (indexing u[r] first would copy [h, V])
