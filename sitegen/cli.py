@@ -65,6 +65,11 @@ def describe(sources: Sources) -> str:
             f"dictionary '{d.name}': {d.kind} on {d.hook_name}, d_in {d.d_in}, d_sae {d.d_sae}, "
             f"{len(d.feature_ids)} features to build"
         )
+    for h in sources.heads:
+        lines.append(
+            f"dictionary '{h.name}': attention heads of layers {', '.join(map(str, h.layers))} "
+            f"({h.n_heads} query heads, {h.n_kv_heads} key/value heads per layer), {len(h.feature_ids)} heads to build"
+        )
     lines.append(
         f"dataset: {data.tokens.shape[0]} sequences x {data.tokens.shape[1]} tokens = {data.tokens.numel()} "
         f"tokens ({int((~data.ignore).sum())} counted) from {data.n_documents} documents"
@@ -112,8 +117,11 @@ def build(config_path: Path, out: Path | None) -> None:
     cache = cache_dir(cfg)
     stats = build_feature_cache(sources, cache)["stats"]
     n_features = sum(len(d.feature_ids) for d in sources.dictionaries)
+    n_heads = sum(len(h.feature_ids) for h in sources.heads)
     log.info(
-        f"[sitegen] {n_features} features from {stats['model_passes']} model pass(es); "
+        f"[sitegen] {n_features} features"
+        + (f" and {n_heads} attention heads" if n_heads else "")
+        + f" from {stats['model_passes']} model pass(es); "
         f"{stats['reused_batches']} feature batches reused; {stats['n_nonfinite']} non-finite activations excluded"
     )
     render_site(cache, cfg, out_dir)

@@ -31,11 +31,12 @@ class ModelConfig:
 @dataclass
 class DictionaryConfig:
     name: str
-    kind: Literal["sae", "neurons"] = "sae"
+    kind: Literal["sae", "neurons", "attention_heads"] = "sae"
     path: str | None = None  # SAELens-format directory (cfg.json + sae_weights.safetensors)
     release: str | None = None  # SAELens release + id (needs the hub)
     id: str | None = None
-    layer: int | None = None  # for kind: neurons, the MLP layer
+    layer: int | None = None  # for kind: neurons, the MLP layer; for attention_heads, one layer
+    layers: list[int] | str | None = None  # for kind: attention_heads, several layers, or "all"
     features: list[int] | str | None = None  # ids, or "start:stop"; default all
 
 
@@ -78,6 +79,16 @@ class FeaturesConfig:
 
 
 @dataclass
+class HeadsConfig:
+    """Attention-head records (dictionaries of kind ``attention_heads``)."""
+
+    top_records: int = 12  # distinct sequences with the largest pair scalar
+    random_records: int = 6  # seeded sample of sequences
+    top_keys: int = 8  # keys kept per shown query token (the rest is summed)
+    rank_by: Literal["write_norm", "pattern"] = "write_norm"  # the pair scalar top records are ranked by
+
+
+@dataclass
 class SiteConfig:
     title: str = "sitegen dashboards"
     pages: str | None = None  # folder of Markdown site pages (pages/*.md)
@@ -90,6 +101,7 @@ class Config:
     dataset: DatasetConfig
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
     out: str = "site"
     cache: str = ".sitegen-cache"  # feature-data cache (resumable builds; `sitegen render` reads it)
@@ -117,8 +129,18 @@ POSITIVE = {
     "n_related",
     "n_neighbours",
     "n_top_tokens",
+    "top_records",
+    "top_keys",
 }
-NON_NEGATIVE = {"context_before", "context_after", "examples_per_interval", "negative_examples", "layer", "seed"}
+NON_NEGATIVE = {
+    "context_before",
+    "context_after",
+    "examples_per_interval",
+    "negative_examples",
+    "layer",
+    "seed",
+    "random_records",
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -207,6 +229,15 @@ def _check(cfg: Config, where: str) -> None:
         seen.add(d.name)
         if d.kind == "neurons" and d.layer is None:
             raise SitegenError(f"{key}.layer: kind 'neurons' needs the MLP layer")
+        if d.kind == "attention_heads":
+            if (d.layer is None) == (d.layers is None):
+                raise SitegenError(f"{key}: kind 'attention_heads' needs 'layer' (one) or 'layers' (a list or \"all\")")
+            if isinstance(d.layers, str) and d.layers != "all":
+                raise SitegenError(f'{key}.layers: expected a list of layers or "all", got {d.layers!r}')
+            if isinstance(d.layers, list) and (not d.layers or min(d.layers) < 0):
+                raise SitegenError(f"{key}.layers: expected layers >= 0, got {d.layers!r}")
+        elif d.layers is not None:
+            raise SitegenError(f"{key}.layers: only kind 'attention_heads' takes 'layers'")
         if d.kind == "sae" and not d.path and not (d.release and d.id):
             raise SitegenError(f"{key}: kind 'sae' needs 'path' (SAELens folder) or 'release' + 'id'")
         if d.path and not cfg.resolve(d.path).is_dir():

@@ -48,9 +48,12 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
-def tiny_model(seed: int = 0, n_layers: int = 2, post_norm: bool = False) -> HookedTransformer:
+def tiny_model(
+    seed: int = 0, n_layers: int = 2, post_norm: bool = False, n_kv_heads: int | None = None
+) -> HookedTransformer:
     """LayerNorm GPT-2 style; ``post_norm``: Gemma 2/3 style instead, RMSNorm before and after
-    each sub-layer (``ln1_post``/``ln2_post`` scale what attention and MLP add to the residual)."""
+    each sub-layer (``ln1_post``/``ln2_post`` scale what attention and MLP add to the residual);
+    ``n_kv_heads``: grouped-query attention, the 4 query heads sharing that many key/value heads."""
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=D_MODEL,
@@ -64,6 +67,7 @@ def tiny_model(seed: int = 0, n_layers: int = 2, post_norm: bool = False) -> Hoo
         seed=seed,
         default_prepend_bos=True,
         use_normalization_before_and_after=post_norm,
+        n_key_value_heads=n_kv_heads,
     )
     model = HookedTransformer(cfg, tokenizer=tiny_tokenizer())
     torch.manual_seed(seed)
@@ -125,10 +129,11 @@ def write_project(
     seed: int = 0,
     neurons: bool = True,
     post_norm: bool = False,
+    n_kv_heads: int | None = None,
     extra: dict | None = None,
 ) -> Path:
     """Write model, SAE, tokens and a site_config.yaml under ``root``; return the config path."""
-    save_tl_checkpoint(tiny_model(seed, post_norm=post_norm), root / "model")
+    save_tl_checkpoint(tiny_model(seed, post_norm=post_norm, n_kv_heads=n_kv_heads), root / "model")
     tiny_sae(architecture, seed=seed).save_model(root / "sae")
     np.save(root / "tokens.npy", tiny_tokens(n_seq, N_CTX - 1, seed))
     cfg = {

@@ -203,3 +203,26 @@ def test_cuda_requested_without_gpu(monkeypatch, capsys, tiny_config):
         pytest.skip("a GPU is present")
     edit(tiny_config, lambda c: c["model"].update(device="cuda"))
     expect_error(monkeypatch, capsys, tiny_config, "model.device", "no CUDA device")
+
+
+@pytest.mark.parametrize(
+    "entry,key,needle",
+    [
+        ({}, "dictionaries[2]", "needs 'layer' (one) or 'layers'"),
+        ({"layer": 0, "layers": [1]}, "dictionaries[2]", "needs 'layer' (one) or 'layers'"),
+        ({"layers": "some"}, "dictionaries[2].layers", 'expected a list of layers or "all"'),
+        ({"layers": []}, "dictionaries[2].layers", "expected layers >= 0"),
+        ({"layer": 5}, "dictionaries[2].layer", "layer 5 is outside 0..1"),
+        ({"layers": [0, 7]}, "dictionaries[2].layers", "layer 7 is outside 0..1"),
+        ({"layers": [1, 1]}, "dictionaries[2].layers", "layer 1 is listed twice"),
+        ({"layer": 0, "features": [4]}, "dictionaries[2].features", "id 4 is out of range 0..3"),
+    ],
+)
+def test_attention_head_dictionary_errors(monkeypatch, capsys, tiny_config, entry, key, needle):
+    edit(tiny_config, lambda c: c["dictionaries"].append({"name": "heads", "kind": "attention_heads", **entry}))
+    expect_error(monkeypatch, capsys, tiny_config, key, needle)
+
+
+def test_layers_only_for_attention_heads(monkeypatch, capsys, tiny_config):
+    edit(tiny_config, lambda c: c["dictionaries"][1].update(layers=[0]))
+    expect_error(monkeypatch, capsys, tiny_config, "dictionaries[1].layers", "only kind 'attention_heads'")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 4  # 4: exact hovers remove the feature at their position only; config_keys
+from sitegen.hooks import hook_layer
+
+FORMAT_VERSION = 5  # 5: attention-head dictionaries (HeadData batches, DictionarySummary.layers)
 
 
 @dataclass
@@ -140,10 +142,22 @@ class FeatureData:
 @dataclass
 class DictionarySummary:
     name: str
-    kind: str  # "sae" | "neurons"
+    kind: str  # "sae" | "neurons" | "attention_heads"
     hook_name: str
-    d_in: int
-    d_sae: int
+    d_in: int  # attention heads: d_head
+    d_sae: int  # attention heads: len(layers) * heads per layer
     feature_ids: list[int]  # the features built into the site
     effects: str  # "direct" | "exact" | "none"
     norm_note: str  # how the final norm is handled for logit/loss effects, shown on pages
+    layers: list[int] = field(default_factory=list)  # attention heads: the layers, in id order
+
+    def head_of(self, feature: int) -> tuple[int, int]:
+        """(layer, head) of an attention-head dictionary's id."""
+        per_layer = self.d_sae // len(self.layers)
+        return self.layers[feature // per_layer], feature % per_layer
+
+    def layer(self) -> int | None:
+        """The one layer a dictionary reads (None: several or none)."""
+        if self.layers:
+            return self.layers[0] if len(self.layers) == 1 else None
+        return hook_layer(self.hook_name)

@@ -34,6 +34,7 @@ from sitegen.cache.feature_data import (
     Ranked,
     TokenValues,
 )
+from sitegen.cache.head_data import HeadData, HeadRecord, HeadSummary, PairScalars
 from sitegen.errors import SitegenError
 
 
@@ -80,7 +81,7 @@ def batch_path(cache: Path, dict_index: int, batch: int) -> Path:
     return cache / "features" / str(dict_index) / f"{batch:05d}.json"
 
 
-def write_batch(cache: Path, dict_index: int, batch: int, features: list[FeatureData]) -> None:
+def write_batch(cache: Path, dict_index: int, batch: int, features: list[FeatureData] | list[HeadData]) -> None:
     write_atomic(batch_path(cache, dict_index, batch), dumps(features))
 
 
@@ -134,6 +135,34 @@ def read_batch(path: Path) -> list[FeatureData]:
         return [feature_data_from_dict(d) for d in data]
     except (KeyError, TypeError) as err:
         raise SitegenError(f"{path}: not a feature batch of this sitegen ({err}); rebuild the cache") from None
+
+
+def _record(d: dict) -> HeadRecord:
+    return HeadRecord(**{**d, "scalars": [PairScalars(**s) for s in d["scalars"]]})
+
+
+def head_data_from_dict(d: dict) -> HeadData:
+    """A HeadData from its JSON object (as read from a batch file)."""
+    s = d["summary"]
+    summary = HeadSummary(
+        **{**s, "top_keys": _token_values(s["top_keys"]), "top_queries": _token_values(s["top_queries"])}
+    )
+    return HeadData(
+        **{
+            **d,
+            "summary": summary,
+            "top_records": [_record(r) for r in d["top_records"]],
+            "random_records": [_record(r) for r in d["random_records"]],
+        }
+    )
+
+
+def read_head_batch(path: Path) -> list[HeadData]:
+    data = read_json(path)
+    try:
+        return [head_data_from_dict(d) for d in data]
+    except (KeyError, TypeError) as err:
+        raise SitegenError(f"{path}: not an attention-head batch of this sitegen ({err}); rebuild the cache") from None
 
 
 def batch_files(cache: Path, dict_index: int) -> list[Path]:

@@ -29,7 +29,12 @@ def config_keys(cfg: Config) -> dict[str, str]:
     """Digest of each config key the feature data depends on: ``features.<key>``,
     ``dataset.<key>``, ``model.<key>``, ``dictionaries[i].<key>``, ``seed``."""
     keys = {"seed": _digest(cfg.seed), "dictionaries": _digest(len(cfg.dictionaries))}
-    sections: list[tuple[str, Any]] = [("features", cfg.features), ("dataset", cfg.dataset), ("model", cfg.model)]
+    sections: list[tuple[str, Any]] = [
+        ("features", cfg.features),
+        ("heads", cfg.heads),
+        ("dataset", cfg.dataset),
+        ("model", cfg.model),
+    ]
     sections += [(f"dictionaries[{i}]", d) for i, d in enumerate(cfg.dictionaries)]
     for prefix, section in sections:
         keys.update({f"{prefix}.{k}": _digest(v) for k, v in dataclasses.asdict(section).items()})

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -45,6 +47,18 @@ def stop_layer(hook_name: str) -> int | None:
 def start_layer(hook_name: str) -> int | None:
     """``start_at_layer`` for a re-run that still fires ``hook_name`` (None: from the tokens)."""
     return hook_layer(hook_name)
+
+
+class PassObserver(Protocol):
+    """Work done on hook tensors during the model pass itself, batch by batch (attention-head
+    records): nothing it reads is kept for the whole dataset."""
+
+    def fwd_hooks(self) -> list[tuple[str, Callable]]: ...
+
+    def begin(self, first_seq: int, n_seq: int) -> None:
+        """The next forward pass runs these sequences."""
+
+    def stop_layer(self) -> int: ...
 
 
 @dataclass
@@ -112,14 +126,16 @@ def capture_activations(
     budget_mb: int,
     cache_dir: Path,
     progress: bool,
+    observers: Sequence[PassObserver] = (),
 ) -> ActivationCache:
-    """Run the model once over ``tokens``, stopping after the deepest hook needed."""
+    """Run the model once over ``tokens``, stopping after the deepest hook needed (the
+    ``observers`` see their hooks in the same pass)."""
     start = time.perf_counter()
     n_seq, ctx = tokens.shape
     sources = {name: source_hook(name) for name in widths}
     cache = _buffers({sources[name]: w for name, w in widths.items()}, n_seq * ctx, budget_mb, cache_dir)
-    stops = [stop_layer(name) for name in cache.acts]
-    stop = None if any(s is None for s in stops) else max(s for s in stops if s is not None)
+    stops = [stop_layer(name) for name in cache.acts] + [o.stop_layer() for o in observers]
+    stop = None if not stops or any(s is None for s in stops) else max(s for s in stops if s is not None)
     device = model.cfg.device
     rows = slice(0, 0)
 
@@ -127,10 +143,13 @@ def capture_activations(
         cache.acts[hook.name][rows] = act.detach().reshape(rows.stop - rows.start, -1).float().cpu()
 
     try:
-        with model.hooks(fwd_hooks=[(name, keep) for name in list(cache.acts)]):
+        hooks = [(name, keep) for name in list(cache.acts)] + [h for o in observers for h in o.fwd_hooks()]
+        with model.hooks(fwd_hooks=hooks):
             for s in tqdm(range(0, n_seq, batch_size), desc="model pass", unit="batch", disable=not progress):
                 chunk = tokens[s : s + batch_size]
                 rows = slice(s * ctx, (s + len(chunk)) * ctx)
+                for o in observers:
+                    o.begin(s, len(chunk))
                 model(chunk.to(device), stop_at_layer=stop, return_type=None)
                 cache.release()
     except BaseException:

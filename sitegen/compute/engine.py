@@ -21,7 +21,8 @@ from tqdm import tqdm
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
 from sitegen.cache.feature_data import DictionarySummary, FeatureData
-from sitegen.cache.files import batch_path, read_batch, read_json, write_batch, write_json
+from sitegen.cache.files import batch_path, read_batch, read_head_batch, read_json, write_batch, write_json
+from sitegen.cache.head_data import HeadData
 from sitegen.cache.manifest import stale_reason
 from sitegen.compute.activations import (
     MEMMAP_DIR,
@@ -34,6 +35,7 @@ from sitegen.compute.activations import (
 from sitegen.compute.batch import DictionaryContext, batch_tensors
 from sitegen.compute.correlations import unit_rows
 from sitegen.compute.effects import NormConvention, norm_convention
+from sitegen.compute.heads import HeadRecorder
 from sitegen.compute.hovers import ExactSource, LogitTable, Pending, hover_phase
 from sitegen.compute.manifest import manifest_head
 from sitegen.compute.serialise import feature_data
@@ -71,6 +73,10 @@ def summaries_of(src: Sources, norm: NormConvention, directions: list) -> list[D
                 norm.note(effects, dirs is not None, post_norm(src.model, d.hook_name)),
             )
         )
+    for h in src.heads:
+        out.append(
+            DictionarySummary(h.name, h.kind, h.hook_name, h.d_head, h.d_sae, list(h.feature_ids), "none", "", h.layers)
+        )
     return out
 
 
@@ -86,8 +92,16 @@ def remove_partial_files(cache_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path, progress: bool) -> ActivationCache:
-    """One model pass capturing what the dictionaries with missing batches need."""
+def capture_for(
+    src: Sources,
+    todo: list[int],
+    directions: list,
+    cache_dir: Path,
+    progress: bool,
+    recorders: list[HeadRecorder],
+) -> ActivationCache:
+    """One model pass capturing what the dictionaries with missing batches need; the head
+    dictionaries' ``recorders`` see their hooks in it."""
     model, fc = src.model, src.config.features
     widths: dict[str, int] = {}
     for i in todo:
@@ -101,7 +115,7 @@ def capture_for(src: Sources, todo: list[int], directions: list, cache_dir: Path
         if effects == "exact" and (layer := start_layer(d.hook_name)) is not None:
             widths[block_hook(layer, "hook_resid_pre")] = model.cfg.d_model
     return capture_activations(
-        model, src.data.tokens, widths, fc.token_batch_size, fc.activation_cache_mb, cache_dir, progress
+        model, src.data.tokens, widths, fc.token_batch_size, fc.activation_cache_mb, cache_dir, progress, recorders
     )
 
 
@@ -169,7 +183,8 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     remove_partial_files(cache_dir)
     norm = norm_convention(src.model)
     directions = [d.residual_directions() for d in src.dictionaries]
-    plan = [batches_of(list(d.feature_ids), fc.feature_batch_size) for d in src.dictionaries]
+    ids = [d.feature_ids for d in src.dictionaries] + [h.feature_ids for h in src.heads]
+    plan = [batches_of(list(f), fc.feature_batch_size) for f in ids]
     head = manifest_head(src, summaries_of(src, norm, directions), [len(p) for p in plan])
     if (cache_dir / "manifest.json").is_file():
         old = read_json_or_none(cache_dir / "manifest.json")
@@ -185,14 +200,32 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     stats = {"n_tokens": int((~src.data.ignore).sum()), "n_sequences": len(src.data.tokens), "n_nonfinite": 0}
     write_json(cache_dir / "manifest.json", {**head, "complete": False, "stats": stats})
     seconds: dict[str, float] = {}
-    todo = [i for i, m in missing.items() if m]
+    n_dicts = len(src.dictionaries)
+    todo = [i for i, m in missing.items() if m and i < n_dicts]
+    recorders = {
+        n_dicts + j: HeadRecorder(
+            h,
+            src.model,
+            tokens=src.data.tokens,
+            ignore=src.data.ignore,
+            fc=fc,
+            hc=src.config.heads,
+            seed=src.config.seed,
+        )
+        for j, h in enumerate(src.heads)
+        if missing[n_dicts + j]
+    }
     model_passes = 0
     tokens: set[int] = set()
     n_nonfinite = 0
     counts: dict[str, int] = {}
-    if todo:
-        cache = capture_for(src, todo, directions, cache_dir, progress)
+    if todo or recorders:
+        cache = capture_for(src, todo, directions, cache_dir, progress, list(recorders.values()))
         model_passes, seconds["model pass"] = cache.model_passes, cache.seconds
+        if recorders:
+            seconds["heads (in the model pass)"] = sum(r.seconds for r in recorders.values())
+            for i, recorder in recorders.items():
+                write_heads(cache_dir, i, recorder.head_data(), plan[i], tokens)
         budget = max(0, fc.activation_cache_mb * 2**20 - cache.bytes_in_memory())
         arrays = Arrays(budget, cache_dir / MEMMAP_DIR)
         try:
@@ -239,6 +272,10 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     t0 = time.perf_counter()
     for i, p in enumerate(plan):
         for b in set(range(len(p))) - set(missing[i]):
+            if i >= n_dicts:
+                for hd in read_head_batch(batch_path(cache_dir, i, b)):
+                    tokens.update(hd.token_ids())
+                continue
             for fd in read_batch(batch_path(cache_dir, i, b)):
                 tokens.update(fd.token_ids())
                 n_nonfinite += fd.n_nonfinite
@@ -308,6 +345,16 @@ def write_features(cache_dir: Path, index: int, b: int, features: list[FeatureDa
         tokens.update(fd.token_ids())
         n_nonfinite += fd.n_nonfinite
     return n_nonfinite
+
+
+def write_heads(cache_dir: Path, index: int, heads: list[HeadData], plan: list[list[int]], tokens: set[int]) -> None:
+    """Write every batch of head dictionary ``index`` (``heads`` in id order, as ``plan`` batches them)."""
+    by_id = {hd.feature: hd for hd in heads}
+    for b, ids in enumerate(plan):
+        batch = [by_id[f] for f in ids]
+        write_batch(cache_dir, index, b, batch)
+        for hd in batch:
+            tokens.update(hd.token_ids())
 
 
 def write_pending(cache_dir: Path, pending: list[Pending], tokens: set[int], progress: bool) -> int:

@@ -12,6 +12,7 @@ from sitegen.config import Config
 from sitegen.report import log
 from sitegen.sources.dataset import TokenData, load_tokens
 from sitegen.sources.dictionaries import Dictionary, SAEDictionary, load_dictionary
+from sitegen.sources.heads import HeadDictionary, load_heads
 from sitegen.sources.model import load_model
 from sitegen.sources.tokens import token_texts
 
@@ -20,8 +21,9 @@ from sitegen.sources.tokens import token_texts
 class Sources:
     config: Config
     model: HookedTransformer
-    dictionaries: list[Dictionary]
+    dictionaries: list[Dictionary]  # SAEs and neurons, in config order
     data: TokenData
+    heads: list[HeadDictionary] = field(default_factory=list)  # numbered after ``dictionaries``
     fingerprints: dict[str, str] = field(default_factory=dict)  # what the feature cache depends on
 
     def token_texts(self, ids: list[int]) -> list[str]:
@@ -42,7 +44,16 @@ def load_sources(cfg: Config) -> Sources:
     log.info("[sitegen] loading model")
     model = load_model(cfg)
     log.info("[sitegen] loading dictionaries")
-    dictionaries = [load_dictionary(model, dc, cfg, f"dictionaries[{i}]") for i, dc in enumerate(cfg.dictionaries)]
+    dictionaries = [
+        load_dictionary(model, dc, cfg, f"dictionaries[{i}]")
+        for i, dc in enumerate(cfg.dictionaries)
+        if dc.kind != "attention_heads"
+    ]
+    heads = [
+        load_heads(model, dc, f"dictionaries[{i}]")
+        for i, dc in enumerate(cfg.dictionaries)
+        if dc.kind == "attention_heads"
+    ]
     log.info("[sitegen] tokenising dataset")
     tok = model.tokenizer
     bos = None if tok is None else tok.bos_token_id
@@ -62,4 +73,6 @@ def load_sources(cfg: Config) -> Sources:
         fingerprints[f"dictionary:{d.name}"] = tensor_digest(
             [torch.tensor(d.feature_ids), torch.tensor([d.d_in, d.d_sae]), *weights]
         )
-    return Sources(cfg, model, dictionaries, data, fingerprints)
+    for h in heads:
+        fingerprints[f"dictionary:{h.name}"] = tensor_digest([torch.tensor(h.feature_ids), torch.tensor(h.layers)])
+    return Sources(cfg, model, dictionaries, data, heads=heads, fingerprints=fingerprints)

@@ -108,6 +108,7 @@ def save_tl_checkpoint(model: HookedTransformer, folder: Path) -> None:
         "d_model",
         "d_head",
         "n_heads",
+        "n_key_value_heads",
         "d_mlp",
         "d_vocab",
         "n_ctx",
