@@ -18,7 +18,8 @@ from fixtures import write_project
 from sitegen.cache.files import batch_files, read_head_batch, read_token_table
 from sitegen.cache.head_data import SCALARS, HeadData, HeadRecord, PairScalars
 from sitegen.compute import build_feature_cache
-from sitegen.compute.heads import causal, maxima, token_summaries
+from sitegen.compute.head_records import maxima
+from sitegen.compute.heads import causal, token_summaries
 from sitegen.config import load_config
 from sitegen.sources import load_sources
 
