@@ -98,7 +98,8 @@ def main() -> None:
             inside.append(r)
         p, h = min(plain), min(heads)
         print(f"model pass (every block): {p:.1f} s; with head records {h:.1f} s (+{h - p:.1f} s, {h / p:.2f}x)")
-        print(f"  of which in the recorders' hooks: {min(inside):.1f} s ({min(inside) / n_heads * 1000:.0f} ms per head)")
+        per_head = min(inside) / n_heads * 1000
+        print(f"  of which in the recorders' hooks: {min(inside):.1f} s ({per_head:.0f} ms per head)")
         t0 = time.perf_counter()
         build_feature_cache(src, folder / "cache", progress=False)
         t1 = time.perf_counter()

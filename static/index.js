@@ -1,6 +1,7 @@
 // sitegen index: search, filter, sort and page through every built feature
 // (window.SITEGEN_INDEX, loaded from assets/index-data.js). Only one page of
-// rows is in the DOM at a time, so 100,000 features stay responsive.
+// rows is in the DOM at a time, so 100,000 features stay responsive. Attention
+// heads have their own sortable table; "#dict-<i>" selects dictionary i.
 (function () {
   "use strict";
   var X = window.SITEGEN_INDEX, PAGE = 100;
@@ -61,6 +62,7 @@
       if (ok) shown.push(i);
     }
     sortRows();
+    drawHeads();
   }
   function sortRows() {
     if (sortKey) {
@@ -98,6 +100,42 @@
     next.disabled = end >= shown.length;
   }
 
+  // Attention heads: every head of the chosen dictionary (all without one), sorted by a column.
+  var H = X.heads, hbody = $("head-rows"), hKey = null, hDir = 1;
+  function drawHeads() {
+    if (!hbody || !H) return;
+    var d = dict.value, rows = [], frag = document.createDocumentFragment();
+    for (var i = 0; i < H.id.length; i++) if (d === "" || H.d[i] === +d) rows.push(i);
+    if (hKey) {
+      var col = H[hKey];
+      rows.sort(function (a, b) { return (col[a] < col[b] ? -1 : col[a] > col[b] ? 1 : a - b) * hDir; });
+    }
+    rows.forEach(function (i) {
+      var tr = el("tr"), link = el("a", "", String(H.head[i]));
+      link.href = "features/" + H.d[i] + "/" + H.id[i] + ".html";
+      tr.appendChild(el("td", "", X.dicts[H.d[i]]));
+      tr.appendChild(el("td", "", String(H.layer[i])));
+      tr.appendChild(el("td")).appendChild(link);
+      tr.appendChild(el("td", "", String(H.entropy[i])));
+      ["first", "previous", "self"].forEach(function (k) { tr.appendChild(el("td", "", percent(H[k][i]))); });
+      tr.appendChild(el("td", "", String(H.write[i])));
+      frag.appendChild(tr);
+    });
+    hbody.textContent = "";
+    hbody.appendChild(frag);
+    $("hcount").textContent = rows.length + " of " + H.id.length + " heads";
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("th[data-hsort]"), function (th) {
+    th.addEventListener("click", function () {
+      var key = th.getAttribute("data-hsort");
+      hDir = key === hKey ? -hDir : +(th.getAttribute("data-first") || 1);
+      hKey = key;
+      Array.prototype.forEach.call(th.parentNode.children, function (c) { c.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", hDir > 0 ? "ascending" : "descending");
+      drawHeads();
+    });
+  });
+
   search.addEventListener("input", filter);
   dict.addEventListener("change", filter);
   dmin.addEventListener("input", filter);
@@ -121,7 +159,14 @@
       search.focus();
     }
   });
-  function focusOnHash() { if (location.hash === "#search") search.focus(); }
+  function focusOnHash() {
+    var m = /^#dict-(\d+)$/.exec(location.hash);
+    if (location.hash === "#search") search.focus();
+    if (m && +m[1] < X.dicts.length) {
+      dict.value = m[1];
+      filter();
+    }
+  }
   window.addEventListener("hashchange", focusOnHash);
   filter();
   focusOnHash();

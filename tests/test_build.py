@@ -225,3 +225,31 @@ def test_all_dead_dictionary_still_builds(monkeypatch, capsys, tmp_path):
     assert "dead" in page.lower()
     code, _, _ = run_cli(monkeypatch, capsys, "check", str(tmp_path / "site"))
     assert code == 0
+
+
+def test_build_with_attention_heads(monkeypatch, capsys, tmp_path):
+    """A site with SAE, neurons and every head of a grouped-query model, through the CLI: one
+    model pass, a page per head linked both ways with the layer's other dictionaries, the index's
+    heads table, links that resolve, and the same bytes from a second build."""
+    configs = []
+    for name in ("a", "b"):
+        config = write_project(tmp_path / name, n_kv_heads=2)
+        cfg = yaml.safe_load(config.read_text())
+        cfg["dictionaries"].append({"name": "heads", "kind": "attention_heads", "layers": "all"})
+        config.write_text(yaml.safe_dump(cfg))
+        configs.append(config)
+    err = build(monkeypatch, capsys, configs[0])
+    assert "80 features and 8 attention heads from 1 model pass(es)" in err
+    build(monkeypatch, capsys, configs[1])
+    site = tree(configs[0].parent / "site")
+    assert site == tree(configs[1].parent / "site")
+    heads = sorted(name for name in site if name.startswith("features/2/"))
+    assert heads == [f"features/2/{i}.html" for i in range(8)]
+    head = site["features/2/5.html"].decode()
+    assert "layer 1 head 1" in head and "key/value head 0" in head
+    assert 'href="../../index.html#dict-0"' in head  # the SAE of layer 1
+    neuron = site["features/1/0.html"].decode()  # neurons of layer 0 link to heads 0..3
+    assert all(f'href="../2/{i}.html"' in neuron for i in range(4)) and 'href="../2/4.html"' not in neuron
+    assert b'"heads"' in site["assets/index-data.js"]
+    code, out, _ = run_cli(monkeypatch, capsys, "check", str(configs[0].parent / "site"))
+    assert code == 0 and "resolve" in out

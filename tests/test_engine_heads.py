@@ -244,3 +244,28 @@ def test_normalised_summaries_against_the_neuron_viewer_definitions(seed):
                 got = [norm(v, tops[f]) for v in getattr(r.scalars[0], name)]
                 assert all(math.isfinite(g) for g in got)
                 assert all(math.isclose(g, x, rel_tol=1e-12, abs_tol=1e-15) for g, x in zip(got, ref)), (name, got, ref)
+
+
+def test_a_subset_of_heads_matches_the_whole_build(tmp_path):
+    """Picking heads (``features``) changes nothing about the heads picked; a rerun reuses the
+    cache and a fresh build gives the same bytes."""
+    seed = random.randrange(10**6)
+    print("seed", seed)
+    whole = built_heads(head_project(tmp_path / "all", seed, n_kv_heads=2), tmp_path / "all" / "cache")
+    src = head_project(tmp_path / "some", seed, n_kv_heads=2, layers=[1, 0], features=[1, 6])
+    some = built_heads(src, tmp_path / "some" / "cache")
+    assert [(hd.layer, hd.head) for hd in some] == [(1, 1), (0, 2)]
+    by_pair = {(hd.layer, hd.head): hd for hd in whole}
+    for hd in some:
+        ref = by_pair[(hd.layer, hd.head)]
+        assert (hd.summary, hd.top_records, hd.random_records, hd.maxima) == (
+            ref.summary,
+            ref.top_records,
+            ref.random_records,
+            ref.maxima,
+        )
+    files = batch_files(tmp_path / "some" / "cache", len(src.dictionaries))
+    before = [p.read_bytes() for p in files]
+    assert build_feature_cache(src, tmp_path / "some" / "cache", progress=False)["stats"]["model_passes"] == 0
+    build_feature_cache(src, tmp_path / "again", progress=False)
+    assert [p.read_bytes() for p in batch_files(tmp_path / "again", len(src.dictionaries))] == before

@@ -297,7 +297,7 @@ def test_direct_hover_with_a_vanishing_coefficient():
 
 def test_static_budget():
     raw = sum(p.stat().st_size for p in STATIC.iterdir() if p.suffix in (".js", ".css"))
-    assert raw <= 30 * 1024
+    assert raw <= 36 * 1024  # 30 KB before attention-head pages (head.js, head.css: tests/test_render_heads.py)
     inlined = sum(len(static_markup(n).encode()) for n in ("site.css", "feature.css", "feature.js"))
     assert inlined <= 12 * 1024
     for name in ("feature.js", "index.js", "notfound.js"):

@@ -70,19 +70,21 @@ def page_problems(site: Path, page: Path) -> list[str]:
 
 
 def index_data_problems(site: Path) -> list[str]:
-    """Each row of the index data must have its feature page."""
+    """Each row of the index data (features, attention heads) must have its page."""
     path = site / INDEX_DATA_PATH
     if not path.is_file():
         return []  # index.html's <script src> reports it
     text = path.read_text(encoding="utf-8", errors="replace").strip()
     try:
         data = json.loads(text.removeprefix(INDEX_DATA_PREFIX).removesuffix(";"))
-        rows = list(zip(data["d"], data["id"]))
-    except (ValueError, KeyError, TypeError) as err:
+        rows = [("feature", d, i) for d, i in zip(data["d"], data["id"])]
+        heads = data.get("heads", {})
+        rows += [("head", d, i) for d, i in zip(heads.get("d", []), heads.get("id", []))]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         return [f"{INDEX_DATA_PATH}: unreadable index data ({err})"]
     return [
-        f"{INDEX_DATA_PATH}: lists feature {i} of dictionary {d} but features/{d}/{i}.html is missing"
-        for d, i in rows
+        f"{INDEX_DATA_PATH}: lists {unit} {i} of dictionary {d} but features/{d}/{i}.html is missing"
+        for unit, d, i in rows
         if not (site / "features" / str(d) / f"{i}.html").is_file()
     ]
 

@@ -1,26 +1,35 @@
 """The index's data file ``assets/index-data.js``: one columnar object for every
-built feature of every dictionary, loaded with a plain ``<script src>`` (so it
-works from file://) as ``window.SITEGEN_INDEX``.
+built feature of every dictionary, and one for every built attention head, loaded
+with a plain ``<script src>`` (so it works from file://) as ``window.SITEGEN_INDEX``.
 
-Schema (``v`` 1), one entry per row in every column array::
+Schema (``v`` 2), one entry per row in every column array::
 
-    {"v": 1, "dicts": [<dictionary name>, ...], "tokens": [<display text>, ...],
+    {"v": 2, "dicts": [<dictionary name>, ...], "tokens": [<display text>, ...],
      "d": [<dict index>...], "id": [<feature id>...], "density": [...], "max": [...],
      "top": [[<token index>, ...], ...],          # most frequent tokens at the top activations
      "dead": [<row>...],                           # rows of dead features
-     "notes": [[<row>, <plain-text snippet>], ...]}  # rows with a note
+     "notes": [[<row>, <plain-text snippet>], ...],  # rows with a note
+     "heads": {                                    # attention heads (v 2), one entry per head:
+        "d": [<dict index>...], "id": [<head id>...], "layer": [...], "head": [...],
+        "entropy": [...],     # mean attention entropy over counted queries (nats)
+        "first": [...],       # mean attention on the first (BOS) token
+        "previous": [...],    # mean attention on the previous token
+        "self": [...],        # mean attention of a query on itself
+        "write": [...]}}      # mean write norm ||A[i,j] v_j W_O[h]|| per (query, key) pair
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sitegen.cache.feature_data import FeatureData
+from sitegen.cache.head_data import HeadData
 from sitegen.render.embed import compact_number, script_safe_json
 from sitegen.render.feature_page import token_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INDEX_DATA_PATH = "assets/index-data.js"
 
 
@@ -35,6 +44,45 @@ class IndexRow:
     snippet: str  # plain text, "" without a note
 
 
+@dataclass
+class HeadRow:
+    dict_index: int
+    feature: int
+    layer: int
+    head: int
+    entropy: float
+    first: float
+    previous: float
+    self_share: float
+    write_mean: float
+
+
+Row = IndexRow | HeadRow  # what a batch file's pages give the index
+
+
+def head_row(hd: HeadData, dict_index: int) -> HeadRow:
+    s = hd.summary
+    return HeadRow(dict_index, hd.feature, hd.layer, hd.head, s.entropy, s.first, s.previous, s.self, s.write_mean)
+
+
+def heads_json(rows: list[HeadRow]) -> dict:
+    columns = {
+        "entropy": "entropy",
+        "first": "first",
+        "previous": "previous",
+        "self": "self_share",
+        "write": "write_mean",
+    }
+    out: dict[str, list] = {
+        "d": [r.dict_index for r in rows],
+        "id": [r.feature for r in rows],
+        "layer": [r.layer for r in rows],
+        "head": [r.head for r in rows],
+    }
+    out.update({key: [compact_number(getattr(r, field)) for r in rows] for key, field in columns.items()})
+    return out
+
+
 def index_row(fd: FeatureData, dict_index: int, texts: dict[int, str], snippet: str) -> IndexRow:
     return IndexRow(
         dict_index,
@@ -47,7 +95,8 @@ def index_row(fd: FeatureData, dict_index: int, texts: dict[int, str], snippet: 
     )
 
 
-def index_json(rows: list[IndexRow], dictionary_names: list[str]) -> dict:
+def index_json(all_rows: Sequence[Row], dictionary_names: list[str]) -> dict:
+    rows = [r for r in all_rows if isinstance(r, IndexRow)]
     counts = Counter(t for r in rows for t in r.top_tokens)
     table = sorted(counts, key=lambda t: (-counts[t], t))
     index = {t: n for n, t in enumerate(table)}
@@ -62,9 +111,10 @@ def index_json(rows: list[IndexRow], dictionary_names: list[str]) -> dict:
         "top": [[index[t] for t in r.top_tokens] for r in rows],
         "dead": [n for n, r in enumerate(rows) if r.dead],
         "notes": [[n, r.snippet] for n, r in enumerate(rows) if r.snippet],
+        "heads": heads_json([r for r in all_rows if isinstance(r, HeadRow)]),
     }
 
 
-def index_script(rows: list[IndexRow], dictionary_names: list[str]) -> str:
+def index_script(rows: Sequence[Row], dictionary_names: list[str]) -> str:
     """The text of ``assets/index-data.js``."""
     return f"window.SITEGEN_INDEX={script_safe_json(index_json(rows, dictionary_names))};\n"

@@ -1,8 +1,9 @@
-"""The feature pages of a site, rendered batch file by batch file in a pool of processes.
+"""The feature (and attention-head) pages of a site, rendered batch file by batch file in a
+pool of processes.
 
 Pages are independent: each task is one batch file of the cache (a dictionary index and a
 path), which a worker reads, renders and writes itself, returning only the batch's index
-rows, so the main process holds no FeatureData and sends no big objects. Results are taken
+rows, so the main process holds no FeatureData or HeadData and sends no big objects. Results are taken
 in task order, so the rows (and the first error) come out as in a sequential render, and the
 site is byte-identical. A worker's SitegenError is raised again as the same one-line error.
 
@@ -26,13 +27,13 @@ from pathlib import Path
 from typing import Protocol
 
 from sitegen.errors import SitegenError
-from sitegen.render.index_data import IndexRow
+from sitegen.render.index_data import Row
 
 MIN_POOL_PAGES = 64  # fewer pages render in-process: starting workers would cost more
 
 
 class BatchWriter(Protocol):
-    def write_batch(self, index: int, path: Path) -> list[IndexRow]: ...
+    def write_batch(self, index: int, path: Path) -> list[Row]: ...
 
 
 Task = tuple[int, Path]  # (dictionary index, batch file)
@@ -67,7 +68,7 @@ def _start_worker(make_writer: Callable[[], BatchWriter]) -> None:
     _worker = make_writer()
 
 
-def _write_batch(index: int, path: Path) -> list[IndexRow]:
+def _write_batch(index: int, path: Path) -> list[Row]:
     assert _worker is not None, "worker not initialised"
     return _worker.write_batch(index, path)
 
@@ -78,7 +79,7 @@ def render_batches(
     make_writer: Callable[[], BatchWriter],
     n_pages: int,
     workers: int | None = None,
-) -> Generator[list[IndexRow], None, None]:
+) -> Generator[list[Row], None, None]:
     """Each task's index rows, in task order: rendered by ``local`` in this process when
     ``pool_size`` is 1, else by workers that each make their own writer with ``make_writer``
     (picklable). Close the iterator to stop early: pending tasks are cancelled and running

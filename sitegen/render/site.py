@@ -1,7 +1,8 @@
 """Feature cache + config -> a static site, written to a temporary folder next to
 the output and moved into place only when complete.
 
-Layout: ``index.html``, ``assets/index-data.js``, ``features/<dict index>/<id>.html``,
+Layout: ``index.html``, ``assets/index-data.js``, ``features/<dict index>/<id>.html`` (a
+feature's page, or an attention head's: ``head_page.py``),
 ``about.html``, ``<page>.html`` for each ``pages/*.md``, ``404.html``, ``.nojekyll``.
 Every page inlines the CSS (and its script), so a page works alone from file://.
 """
@@ -13,6 +14,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -21,14 +23,16 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from sitegen.cache.feature_data import DictionarySummary, FeatureData
-from sitegen.cache.files import batch_files, dictionary_summaries, read_batch, read_token_table
+from sitegen.cache.files import batch_files, dictionary_summaries, read_batch, read_head_batch, read_token_table
+from sitegen.cache.head_data import HEADS_KIND, HeadData
 from sitegen.cache.manifest import read_manifest
 from sitegen.config import Config
 from sitegen.errors import SitegenError
 from sitegen.render.assets import bundled_dir, static_markup
 from sitegen.render.embed import compact_number, script_json_markup
 from sitegen.render.feature_page import feature_page_context, feature_page_json
-from sitegen.render.index_data import INDEX_DATA_PATH, IndexRow, index_row, index_script
+from sitegen.render.head_page import LayerLinks, head_page_context, head_page_json
+from sitegen.render.index_data import INDEX_DATA_PATH, IndexRow, Row, head_row, index_row, index_script
 from sitegen.render.markup import Page, load_notes, load_pages, markdown_html, plain_snippet
 from sitegen.render.pages_pool import render_batches
 
@@ -105,8 +109,11 @@ class SiteWriter:
         self.summaries = dictionary_summaries(manifest)
         self.texts = read_token_table(cache)
         self.env = template_env()
-        self.env.globals.update(site_title=cfg.site.title, nav_pages=self.pages, css=static_markup("site.css"))
+        self.env.globals.update(
+            site_title=cfg.site.title, nav_pages=self.pages, css=static_markup("site.css"), heads_kind=HEADS_KIND
+        )
         self.built: dict[int, BuiltFeatures] = {}  # by dictionary index, made on first use
+        self.links = LayerLinks(self.summaries)
 
     def worker_factory(self) -> partial[SiteWriter]:
         """A picklable callable that makes this SiteWriter again (in a worker process)."""
@@ -128,7 +135,7 @@ class SiteWriter:
         files = [batch_files(self.cache, i) for i in range(len(self.summaries))]
         tasks = [(i, path) for i, paths in enumerate(files) for path in paths]
         n_pages = sum(len(set(s.feature_ids)) for s in self.summaries)
-        rows: list[IndexRow] = []
+        rows: list[Row] = []
         listings = []
         # batch results come back in task order, so rows and errors follow the sequential order
         with closing(render_batches(tasks, self, self.worker_factory(), n_pages, workers)) as results:
@@ -139,12 +146,13 @@ class SiteWriter:
         self.write_index(rows, listings)
         self.write_pages(listings)
 
-    def write_index(self, rows: list[IndexRow], listings: list[DictionaryListing]) -> None:
+    def write_index(self, rows: Sequence[Row], listings: list[DictionaryListing]) -> None:
         self.write(INDEX_DATA_PATH, index_script(rows, [d.name for d in listings]))
         self.render(
             "index.html",
             "index.html",
             dictionaries=listings,
+            has_heads=any(d.kind == HEADS_KIND for d in listings),
             index_data_path=INDEX_DATA_PATH,
             page_css=static_markup("index.css"),
             js=static_markup("index.js"),
@@ -164,35 +172,46 @@ class SiteWriter:
             self.render(f"{page.name}.html", "page.html", page_title=page.title, body=page.html, page_css=page_css)
         self.render("404.html", "404.html", page_css=page_css, js=static_markup("notfound.js"))
 
-    def write_batch(self, index: int, path: Path) -> list[IndexRow]:
-        """The pages of one batch file of dictionary ``index``; returns their index rows."""
-        summary = self.summaries[index]
+    def nav(self, index: int, summary: DictionarySummary, feature: int) -> tuple[int | None, int | None]:
+        """The previous and next built ids around a cached ``feature`` of dictionary ``index``."""
         if index not in self.built:
             self.built[index] = BuiltFeatures.of(summary)
         built = self.built[index]
+        if feature not in built.position:
+            unit = "head" if summary.kind == HEADS_KIND else "feature"
+            raise SitegenError(
+                f"{self.cache}: {unit} {feature} of '{summary.name}' is cached but not listed in the manifest; "
+                "rebuild the cache"
+            )
+        n = built.position[feature]
+        return (built.ids[n - 1] if n > 0 else None, built.ids[n + 1] if n + 1 < len(built.ids) else None)
+
+    def write_batch(self, index: int, path: Path) -> list[Row]:
+        """The pages of one batch file of dictionary ``index``; returns their index rows."""
+        summary = self.summaries[index]
         notes = self.notes.get(summary.name, {})
-        rows = []
+        rows: list[Row] = []
+        if summary.kind == HEADS_KIND:
+            for hd in read_head_batch(path):
+                self.write_head(index, summary, hd, self.nav(index, summary, hd.feature), notes.get(hd.feature))
+                rows.append(head_row(hd, index))
+            return rows
         for fd in read_batch(path):
-            if fd.feature not in built.position:
-                raise SitegenError(
-                    f"{self.cache}: feature {fd.feature} of '{summary.name}' is cached "
-                    "but not listed in the manifest; rebuild the cache"
-                )
-            n = built.position[fd.feature]
-            nav = (built.ids[n - 1] if n > 0 else None, built.ids[n + 1] if n + 1 < len(built.ids) else None)
+            nav = self.nav(index, summary, fd.feature)
             note = notes.get(fd.feature)
-            self.write_feature(index, summary, fd, nav, note, built.set)
+            self.write_feature(index, summary, fd, nav, note, self.built[index].set)
             rows.append(index_row(fd, index, self.texts, plain_snippet(note) if note else ""))
         return rows
 
-    def listing(self, summary: DictionarySummary, rows: list[IndexRow]) -> DictionaryListing:
-        """The index's entry for a dictionary whose pages gave ``rows``."""
+    def listing(self, summary: DictionarySummary, rows: list[Row]) -> DictionaryListing:
+        """The index's entry for a dictionary whose pages gave ``rows`` (attention heads have no "dead")."""
         n_built = len(set(summary.feature_ids))
         if len(rows) != n_built:
+            unit = "heads" if summary.kind == HEADS_KIND else "features"
             raise SitegenError(
-                f"{self.cache}: '{summary.name}' lists {n_built} features but {len(rows)} are cached; rebuild the cache"
+                f"{self.cache}: '{summary.name}' lists {n_built} {unit} but {len(rows)} are cached; rebuild the cache"
             )
-        n_dead = sum(r.dead for r in rows)
+        n_dead = sum(r.dead for r in rows if isinstance(r, IndexRow))
         return DictionaryListing(summary.name, summary.kind, summary.hook_name, summary.d_sae, len(rows), n_dead)
 
     def write_feature(
@@ -211,11 +230,33 @@ class SiteWriter:
             "feature.html",
             **context,
             unit="neuron" if summary.kind == "neurons" else "feature",
+            layer_heads=self.links.head_groups(summary.layer(), index),
             prev_id=nav[0],
             next_id=nav[1],
             data_json=script_json_markup(data),
             page_css=static_markup("feature.css"),
             js=static_markup("feature.js"),
+        )
+
+    def write_head(
+        self,
+        index: int,
+        summary: DictionarySummary,
+        hd: HeadData,
+        nav: tuple[int | None, int | None],
+        note: str | None,
+    ) -> None:
+        data = head_page_json(hd, index, nav, self.texts)
+        context = head_page_context(hd, summary, index, self.links, self.texts, markdown_html(note) if note else None)
+        self.render(
+            f"features/{index}/{hd.feature}.html",
+            "head.html",
+            **context,
+            prev_id=nav[0],
+            next_id=nav[1],
+            data_json=script_json_markup(data),
+            page_css=static_markup("feature.css") + static_markup("head.css"),
+            js=static_markup("head.js"),
         )
 
 
@@ -237,19 +278,24 @@ def _rows(mapping: dict) -> list[tuple[str, str]]:
     return [(str(k), _value_text(v)) for k, v in sorted(mapping.items())]
 
 
+def _dictionary_text(s: DictionarySummary, d: DictionaryListing) -> str:
+    if s.kind == HEADS_KIND:
+        layers = ", ".join(map(str, s.layers))
+        return (
+            f"{s.kind} on {s.hook_name}: {s.d_sae:,} heads of d_head {s.d_in:,} (layers {layers}), {d.n_built:,} built"
+        )
+    return (
+        f"{s.kind} on {s.hook_name}: {s.d_sae:,} × {s.d_in:,}, {d.n_built:,} built ({d.n_dead:,} dead); "
+        f"effects: {s.effects}" + (f"; {s.norm_note}" if s.norm_note else "")
+    )
+
+
 def provenance_sections(manifest: dict, listings: list[DictionaryListing]) -> list[ProvenanceSection]:
     """What the about page shows: model, dictionaries, dataset, build statistics."""
     provenance = dict(manifest.get("provenance", {}))
     dataset = provenance.pop("dataset", {})
     version = provenance.pop("sitegen_version", None)
-    dictionaries = [
-        (
-            s.name,
-            f"{s.kind} on {s.hook_name}: {s.d_sae:,} × {s.d_in:,}, {d.n_built:,} built ({d.n_dead:,} dead); "
-            f"effects: {s.effects}" + (f"; {s.norm_note}" if s.norm_note else ""),
-        )
-        for s, d in zip(dictionary_summaries(manifest), listings)
-    ]
+    dictionaries = [(s.name, _dictionary_text(s, d)) for s, d in zip(dictionary_summaries(manifest), listings)]
     build = [*_rows(manifest.get("stats", {})), ("config hash", str(manifest.get("config_hash", "")))]
     build += [(f"fingerprint: {k}", v) for k, v in _rows(manifest.get("fingerprints", {}))]
     if version is not None:
