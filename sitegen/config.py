@@ -89,6 +89,27 @@ class HeadsConfig:
 
 
 @dataclass
+class PromptConfig:
+    """A prompt page: the metric is the logit difference target - distractor at ``position``, or
+    the target's negative log-prob there without a distractor."""
+
+    text: str
+    target: str  # one token's text, e.g. " Paris"
+    distractor: str | None = None  # one token's text
+    position: int | None = None  # token position (BOS counted; negative: from the end); default the last
+
+
+@dataclass
+class AttributionConfig:
+    """The prompt pages' node tables."""
+
+    nodes: int = 100  # rows kept: the top this many by each of |act x grad|, |direct|, write norm, |activation|
+    ablations: int = 20  # top nodes by |act x grad| re-run zero-ablated
+    traced: int = 3  # top nodes traced one step upstream
+    upstream: int = 10  # upstream nodes shown per traced node
+
+
+@dataclass
 class SiteConfig:
     title: str = "sitegen dashboards"
     pages: str | None = None  # folder of Markdown site pages (pages/*.md)
@@ -102,6 +123,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
+    prompts: list[PromptConfig] = field(default_factory=list)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
     out: str = "site"
     cache: str = ".sitegen-cache"  # feature-data cache (resumable builds; `sitegen render` reads it)
@@ -131,6 +154,8 @@ POSITIVE = {
     "n_top_tokens",
     "top_records",
     "top_keys",
+    "nodes",
+    "upstream",
 }
 NON_NEGATIVE = {
     "context_before",
@@ -140,6 +165,8 @@ NON_NEGATIVE = {
     "layer",
     "seed",
     "random_records",
+    "ablations",
+    "traced",
 }
 
 
@@ -246,6 +273,11 @@ def _check(cfg: Config, where: str) -> None:
             parts = d.features.split(":")
             if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
                 raise SitegenError(f"{key}.features: expected ids or 'start:stop', got {d.features!r}")
+    for i, pc in enumerate(cfg.prompts):
+        if not pc.text.strip():
+            raise SitegenError(f"{where}.prompts[{i}].text: the prompt is empty")
+        if not pc.target:
+            raise SitegenError(f"{where}.prompts[{i}].target: give the target token's text")
     ds = cfg.dataset
     if not ds.paths and not ds.hf_name:
         raise SitegenError(f"{where}.dataset: give 'paths' (local files) or 'hf_name'")

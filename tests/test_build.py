@@ -191,15 +191,17 @@ def test_embedded_default_small_slice(monkeypatch, capsys, tmp_path):
     cfg["dictionaries"][0]["path"] = str(root / cfg["dictionaries"][0]["path"])
     cfg["dictionaries"][0]["features"] = "0:6"
     cfg["dictionaries"][1]["features"] = "0:4"
+    assert cfg["dictionaries"][2]["kind"] == "attention_heads"
+    cfg["dictionaries"][2].update(layers=[6])
     cfg["dataset"].update(paths=[str(root / "data/corpus/corpus.jsonl")], max_tokens=1024)
     cfg["site"]["pages"] = str(root / "pages")
     config = tmp_path / "site_config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     err = build(monkeypatch, capsys, config)
     assert "dictionary 'sae-l6': sae on blocks.6.hook_resid_post, d_in 640, d_sae 4096" in err
-    assert "10 features from 1 model pass(es)" in err
+    assert "10 features and 4 attention heads from 1 model pass(es)" in err
     site = tmp_path / "site"
-    assert len(list(site.glob("features/*/*.html"))) == 10
+    assert len(list(site.glob("features/*/*.html"))) == 14
     code, _, _ = run_cli(monkeypatch, capsys, "check", str(site))
     assert code == 0
     from sitegen.cache.files import read_features

@@ -226,3 +226,20 @@ def test_attention_head_dictionary_errors(monkeypatch, capsys, tiny_config, entr
 def test_layers_only_for_attention_heads(monkeypatch, capsys, tiny_config):
     edit(tiny_config, lambda c: c["dictionaries"][1].update(layers=[0]))
     expect_error(monkeypatch, capsys, tiny_config, "dictionaries[1].layers", "only kind 'attention_heads'")
+
+
+@pytest.mark.parametrize(
+    "prompt,key,needle",
+    [
+        ({"text": "w1 w2", "target": "w3 w4"}, "prompts[0].target", "is 2 tokens, not one"),
+        ({"text": "w1 w2", "target": "w3", "distractor": "w4 w5 w6"}, "prompts[0].distractor", "is 3 tokens"),
+        ({"text": "w1 w2", "target": "w3", "distractor": "w3"}, "prompts[0].distractor", "the same token"),
+        ({"text": "  ", "target": "w3"}, "prompts[0].text", "the prompt is empty"),
+        ({"text": " ".join(["w1"] * 80), "target": "w3"}, "prompts[0].text", "longer than the model's context of 64"),
+        ({"text": "w1 w2", "target": "w3", "position": 9}, "prompts[0].position", "outside the prompt's 3 tokens"),
+        ({"text": "w1 w2"}, "prompts[0]", "missing required key 'target'"),
+    ],
+)
+def test_prompt_errors(monkeypatch, capsys, tiny_config, prompt, key, needle):
+    edit(tiny_config, lambda c: c.update(prompts=[prompt]))
+    expect_error(monkeypatch, capsys, tiny_config, key, needle)

@@ -35,6 +35,7 @@ from sitegen.cache.feature_data import (
     TokenValues,
 )
 from sitegen.cache.head_data import HeadData, HeadRecord, HeadSummary, PairScalars
+from sitegen.cache.prompt_data import Ablation, PromptData, PromptNode, Trace, Upstream
 from sitegen.errors import SitegenError
 
 
@@ -163,6 +164,40 @@ def read_head_batch(path: Path) -> list[HeadData]:
         return [head_data_from_dict(d) for d in data]
     except (KeyError, TypeError) as err:
         raise SitegenError(f"{path}: not an attention-head batch of this sitegen ({err}); rebuild the cache") from None
+
+
+PROMPTS_FILE = "prompts.json"
+
+
+def write_prompts(cache: Path, prompts: list[PromptData]) -> None:
+    write_json(cache / PROMPTS_FILE, prompts)
+
+
+def prompt_data_from_dict(d: dict) -> PromptData:
+    return PromptData(
+        **{
+            **d,
+            "top_predictions": _token_values(d["top_predictions"]),
+            "next_tokens": [_token_values(t) for t in d["next_tokens"]],
+            "nodes": [PromptNode(**n) for n in d["nodes"]],
+            "ablations": [Ablation(**a) for a in d["ablations"]],
+            "traces": [
+                Trace(t["node"], [Upstream(PromptNode(**u["node"]), u["act_grad"]) for u in t["upstream"]])
+                for t in d["traces"]
+            ],
+        }
+    )
+
+
+def read_prompts(cache: Path) -> list[PromptData]:
+    """The cached prompt pages' data ([] when the config has no prompts)."""
+    path = cache / PROMPTS_FILE
+    if not path.is_file():
+        return []
+    try:
+        return [prompt_data_from_dict(d) for d in read_json(path)]
+    except (KeyError, TypeError) as err:
+        raise SitegenError(f"{path}: not prompt data of this sitegen ({err}); rebuild the cache") from None
 
 
 def batch_files(cache: Path, dict_index: int) -> list[Path]:

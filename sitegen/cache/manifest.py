@@ -28,14 +28,20 @@ def _digest(obj: Any) -> str:
 def config_keys(cfg: Config) -> dict[str, str]:
     """Digest of each config key the feature data depends on: ``features.<key>``,
     ``dataset.<key>``, ``model.<key>``, ``dictionaries[i].<key>``, ``seed``."""
-    keys = {"seed": _digest(cfg.seed), "dictionaries": _digest(len(cfg.dictionaries))}
+    keys = {
+        "seed": _digest(cfg.seed),
+        "dictionaries": _digest(len(cfg.dictionaries)),
+        "prompts": _digest(len(cfg.prompts)),
+    }
     sections: list[tuple[str, Any]] = [
         ("features", cfg.features),
         ("heads", cfg.heads),
         ("dataset", cfg.dataset),
         ("model", cfg.model),
     ]
+    sections += [("attribution", cfg.attribution)]
     sections += [(f"dictionaries[{i}]", d) for i, d in enumerate(cfg.dictionaries)]
+    sections += [(f"prompts[{i}]", p) for i, p in enumerate(cfg.prompts)]
     for prefix, section in sections:
         keys.update({f"{prefix}.{k}": _digest(v) for k, v in dataclasses.asdict(section).items()})
     return keys

@@ -21,7 +21,15 @@ from tqdm import tqdm
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
 from sitegen.cache.feature_data import DictionarySummary, FeatureData
-from sitegen.cache.files import batch_path, read_batch, read_head_batch, read_json, write_batch, write_json
+from sitegen.cache.files import (
+    PROMPTS_FILE,
+    batch_path,
+    read_batch,
+    read_head_batch,
+    read_json,
+    write_batch,
+    write_json,
+)
 from sitegen.cache.head_data import HeadData
 from sitegen.cache.manifest import stale_reason
 from sitegen.compute.activations import (
@@ -38,6 +46,7 @@ from sitegen.compute.effects import NormConvention, norm_convention
 from sitegen.compute.heads import HeadRecorder
 from sitegen.compute.hovers import ExactSource, LogitTable, Pending, hover_phase
 from sitegen.compute.manifest import manifest_head
+from sitegen.compute.prompts import prompt_phase
 from sitegen.compute.serialise import feature_data
 from sitegen.compute.spill import Arrays
 from sitegen.compute.store import NeuronActs, SparseActs
@@ -82,7 +91,7 @@ def summaries_of(src: Sources, norm: NormConvention, directions: list) -> list[D
 
 def clear_cache(cache_dir: Path) -> None:
     shutil.rmtree(cache_dir / "features", ignore_errors=True)
-    for name in ("tokens.json", "manifest.json"):
+    for name in ("tokens.json", "manifest.json", PROMPTS_FILE):
         (cache_dir / name).unlink(missing_ok=True)
 
 
@@ -279,6 +288,10 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
             for fd in read_batch(batch_path(cache_dir, i, b)):
                 tokens.update(fd.token_ids())
                 n_nonfinite += fd.n_nonfinite
+    if src.prompts:
+        t1 = time.perf_counter()
+        prompt_phase(src, cache_dir, tokens, progress)
+        seconds["prompts"] = time.perf_counter() - t1
     ordered = sorted(tokens)
     write_json(cache_dir / "tokens.json", {str(t): s for t, s in zip(ordered, src.token_texts(ordered))})
     stats["n_nonfinite"] = n_nonfinite

@@ -14,6 +14,7 @@ from sitegen.sources.dataset import TokenData, load_tokens
 from sitegen.sources.dictionaries import Dictionary, SAEDictionary, load_dictionary
 from sitegen.sources.heads import HeadDictionary, load_heads
 from sitegen.sources.model import load_model
+from sitegen.sources.prompts import Prompt, load_prompts
 from sitegen.sources.tokens import token_texts
 
 
@@ -24,6 +25,7 @@ class Sources:
     dictionaries: list[Dictionary]  # SAEs and neurons, in config order
     data: TokenData
     heads: list[HeadDictionary] = field(default_factory=list)  # numbered after ``dictionaries``
+    prompts: list[Prompt] = field(default_factory=list)
     fingerprints: dict[str, str] = field(default_factory=dict)  # what the feature cache depends on
 
     def token_texts(self, ids: list[int]) -> list[str]:
@@ -60,6 +62,7 @@ def load_sources(cfg: Config) -> Sources:
     data = load_tokens(cfg, tok, bos, model.cfg.d_vocab)
     if data.notice:
         log.info(f"[sitegen] {data.notice}")
+    prompts = load_prompts(cfg, tok, bos, model.cfg.n_ctx)
     fingerprints = {
         "model": tensor_digest(list(model.state_dict().values())),
         "dataset": tensor_digest([data.tokens, data.ignore]),
@@ -75,4 +78,4 @@ def load_sources(cfg: Config) -> Sources:
         )
     for h in heads:
         fingerprints[f"dictionary:{h.name}"] = tensor_digest([torch.tensor(h.feature_ids), torch.tensor(h.layers)])
-    return Sources(cfg, model, dictionaries, data, heads=heads, fingerprints=fingerprints)
+    return Sources(cfg, model, dictionaries, data, heads=heads, prompts=prompts, fingerprints=fingerprints)

@@ -1,0 +1,248 @@
+"""Prompt pages' numbers against brute force on tiny random models in float64 (fixed and fresh
+seeds, printed): activation x gradient against central finite differences for SAE latents, MLP
+neurons and attention-head pairs (the final norm's scale frozen); direct effects against the
+metric's explicit change through the frozen final norm; ablations against explicit re-runs; the
+SAE splice leaves the logits bit-identical; upstream tracing against finite differences."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from fixtures import write_project
+
+from sitegen.cache.prompt_data import PromptData, PromptNode
+from sitegen.compute.prompts import Graph, prompt_data
+from sitegen.config import load_config
+from sitegen.sources import load_sources
+
+SEEDS = [0, random.randrange(10**6)]
+PROMPTS = [
+    {"text": "w1 w2 w3 w4 w5 w6 w7", "target": "w7", "distractor": "w8"},
+    {"text": "w3 w9 w3 w11 w3", "target": "w9", "position": -2},
+]
+
+
+def prompt_sources(tmp_path: Path, seed: int, *, post_norm: bool = False, float64: bool = True):
+    path = write_project(tmp_path, seed=seed, n_kv_heads=2, post_norm=post_norm)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["dictionaries"].append({"name": "heads", "kind": "attention_heads", "layers": "all"})
+    cfg["prompts"] = PROMPTS
+    path.write_text(yaml.safe_dump(cfg))
+    src = load_sources(load_config(path))
+    if float64:
+        src.model.to(torch.float64)
+        src.model.cfg.dtype = torch.float64
+        for d in src.dictionaries:
+            if hasattr(d, "sae"):
+                d.sae.to(dtype=torch.float64)
+    return src
+
+
+def metric(src, p, logits: torch.Tensor) -> float:
+    at = logits.detach()[0, p.position].double()
+    if p.distractor is not None:
+        return float(at[p.target] - at[p.distractor])
+    return float(-torch.log_softmax(at, -1)[p.target])
+
+
+def clean_cache(src, p):
+    with torch.no_grad():
+        return src.model.run_with_cache(torch.tensor([p.token_ids]))[1]
+
+
+def perturbed(src, p, node: PromptNode, eps: float, scale: torch.Tensor, extra: list | None = None) -> torch.Tensor:
+    """Logits with ``node``'s activation moved by ``eps`` (the final norm's scale frozen at ``scale``)."""
+    model, n_dicts = src.model, len(src.dictionaries)
+
+    def freeze(x, hook):
+        return scale
+
+    hooks = [("ln_final.hook_scale", freeze), *(extra or [])]
+    if node.dictionary >= n_dicts:
+        layer, head = src.heads[node.dictionary - n_dicts].head_of(node.feature)
+
+        def bump_pattern(a, hook):
+            a = a.clone()
+            a[0, head, node.position, node.key] += eps
+            return a
+
+        hooks.append((f"blocks.{layer}.attn.hook_pattern", bump_pattern))
+    else:
+        d = src.dictionaries[node.dictionary]
+        if hasattr(d, "sae"):
+
+            def bump_latent(x, hook):
+                lat = d.sae.encode(x)
+                up = lat.clone()
+                up[0, node.position, node.feature] += eps
+                return x + d.sae.decode(up) - d.sae.decode(lat)
+
+            hooks.append((d.hook_name, bump_latent))
+        else:
+
+            def bump_neuron(x, hook):
+                x = x.clone()
+                x[0, node.position, node.feature] += eps
+                return x
+
+            hooks.append((d.hook_name, bump_neuron))
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        return model(torch.tensor([p.token_ids]))
+
+
+def fd_act_grad(src, p, node: PromptNode, scale: torch.Tensor) -> float:
+    eps = 1e-5
+    hi = metric(src, p, perturbed(src, p, node, eps, scale))
+    lo = metric(src, p, perturbed(src, p, node, -eps, scale))
+    return node.activation * (hi - lo) / (2 * eps)
+
+
+def close(x: float, ref: float, rtol: float = 2e-3, atol: float = 1e-5) -> bool:
+    return abs(x - ref) <= atol + rtol * abs(ref)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_act_grad_direct_and_ablations_against_brute_force(tmp_path, seed):
+    print("seed", seed)
+    src = prompt_sources(tmp_path, seed)
+    model = src.model
+    for p in src.prompts:
+        pd: PromptData = prompt_data(src, p, src.config.attribution)
+        cache = clean_cache(src, p)
+        scale = cache["ln_final.hook_scale"]
+        assert close(pd.metric, metric(src, p, model(torch.tensor([p.token_ids])).detach()))
+        kinds = {}
+        for node in pd.nodes:
+            kinds.setdefault(node.dictionary, []).append(node)
+        assert set(kinds) == {0, 1, 2}, "latents, neurons and head pairs all in the table"
+        for nodes in kinds.values():
+            for node in nodes[:4]:
+                assert node.position <= p.position
+                assert close(node.act_grad, fd_act_grad(src, p, node, scale)), (seed, node)
+        # direct effect: the metric's change through the frozen final norm, along the node's write
+        resid = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][0].double()
+        w_u = model.W_U.double()
+
+        def m_of(r: torch.Tensor, scale=scale, p=p, w_u=w_u) -> float:  # through the frozen final LayerNorm
+            x = r - r.mean(-1, keepdim=True)
+            logits = (x / scale[0].double()) * model.ln_final.w.double() + model.ln_final.b.double()
+            return metric(src, p, (logits @ w_u + model.b_U.double())[None])
+
+        for nodes in kinds.values():
+            for node in nodes[:4]:
+                write = write_of(src, cache, node)
+                e = 1e-4
+                up, down = resid.clone(), resid.clone()
+                up[node.position] += e * write
+                down[node.position] -= e * write
+                ref = (m_of(up) - m_of(down)) / (2 * e)
+                assert close(node.direct, ref), (seed, node, ref)
+                assert close(node.write_norm, float(write.norm())), (seed, node)
+        # ablations: an explicit re-run per node
+        for ab in pd.ablations:
+            node = pd.nodes[ab.node]
+            assert ab.estimate == -node.act_grad
+            logits = ablated_logits(src, p, node)
+            ref = metric(src, p, logits) - metric(src, p, model(torch.tensor([p.token_ids])).detach())
+            assert close(ab.change, ref, rtol=2e-3, atol=1e-4), (seed, node, ab, ref)
+        assert len(pd.ablations) == min(20, len(pd.nodes))
+        # upstream nodes: finite differences of the traced node's activation
+        assert len(pd.traces) == 3 and any(t.upstream for t in pd.traces)
+        for trace in pd.traces:
+            target = pd.nodes[trace.node]
+            for up in trace.upstream[:3]:
+                assert up.node.position <= target.position
+                eps = 1e-5
+                hi = node_activation(src, p, target, up.node, eps)
+                lo = node_activation(src, p, target, up.node, -eps)
+                assert close(up.act_grad, up.node.activation * (hi - lo) / (2 * eps)), (seed, target, up)
+
+
+def write_of(src, cache, node: PromptNode) -> torch.Tensor:
+    """What the node adds to the residual stream (LayerNorm model: no post-sublayer norm)."""
+    model, n_dicts = src.model, len(src.dictionaries)
+    if node.dictionary >= n_dicts:
+        layer, head = src.heads[node.dictionary - n_dicts].head_of(node.feature)
+        v = cache[f"blocks.{layer}.attn.hook_v"][0, node.key, head // 2].double()
+        a = cache[f"blocks.{layer}.attn.hook_pattern"][0, head, node.position, node.key].double()
+        return a * v @ model.blocks[layer].attn.W_O[head].double()
+    d = src.dictionaries[node.dictionary]
+    if hasattr(d, "sae"):
+        return node.activation * d.sae.W_dec[node.feature].double()
+    return node.activation * model.blocks[d.layer].mlp.W_out[node.feature].double()
+
+
+def ablated_logits(src, p, node: PromptNode) -> torch.Tensor:
+    model, n_dicts = src.model, len(src.dictionaries)
+    if node.dictionary >= n_dicts:
+        layer, head = src.heads[node.dictionary - n_dicts].head_of(node.feature)
+
+        def zero(a, hook):
+            a = a.clone()
+            a[0, head, node.position, node.key] = 0
+            return a
+
+        hooks = [(f"blocks.{layer}.attn.hook_pattern", zero)]
+    else:
+        d = src.dictionaries[node.dictionary]
+        if hasattr(d, "sae"):
+
+            def remove(x, hook):
+                lat = d.sae.encode(x)
+                cut = lat.clone()
+                cut[0, node.position, node.feature] = 0
+                return x + d.sae.decode(cut) - d.sae.decode(lat)
+
+            hooks = [(d.hook_name, remove)]
+        else:
+
+            def zero_neuron(x, hook):
+                x = x.clone()
+                x[0, node.position, node.feature] = 0
+                return x
+
+            hooks = [(d.hook_name, zero_neuron)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        return model(torch.tensor([p.token_ids]))
+
+
+def node_activation(src, p, target: PromptNode, moved: PromptNode, eps: float) -> float:
+    """``target``'s activation with ``moved``'s activation moved by ``eps``."""
+    seen = {}
+    n_dicts = len(src.dictionaries)
+    if target.dictionary >= n_dicts:
+        layer, head = src.heads[target.dictionary - n_dicts].head_of(target.feature)
+        name = f"blocks.{layer}.attn.hook_pattern"
+
+        def read(a, hook):
+            seen["a"] = float(a[0, head, target.position, target.key])
+
+    else:
+        d = src.dictionaries[target.dictionary]
+        name = d.hook_name
+
+        def read(x, hook):
+            lat = d.sae.encode(x) if hasattr(d, "sae") else x
+            seen["a"] = float(lat[0, target.position, target.feature])
+
+    scale = clean_cache(src, p)["ln_final.hook_scale"]
+    perturbed(src, p, moved, eps, scale, extra=[(name, read)])
+    return seen["a"]
+
+
+def test_the_sae_splice_leaves_the_logits_bit_identical(tmp_path):
+    src = prompt_sources(tmp_path, 0, post_norm=True, float64=False)
+    p = src.prompts[0]
+    tokens = torch.tensor([p.token_ids])
+    with torch.no_grad():
+        clean = src.model(tokens)
+        graph = Graph(src, len(p.token_ids))
+        with src.model.hooks(fwd_hooks=graph.hooks()):
+            spliced = src.model(tokens)
+    assert torch.equal(clean, spliced)
+    pd = prompt_data(src, p, src.config.attribution)  # the post-norm model runs end to end
+    assert pd.nodes and all(abs(n.act_grad) >= abs(m.act_grad) for n, m in zip(pd.nodes, pd.nodes[1:]))
