@@ -97,6 +97,7 @@ class PromptConfig:
     target: str  # one token's text, e.g. " Paris"
     distractor: str | None = None  # one token's text
     position: int | None = None  # token position (BOS counted; negative: from the end); default the last
+    note: str | None = None  # Markdown shown on the prompt's page (sanitised)
 
 
 @dataclass

@@ -229,15 +229,19 @@ def test_all_dead_dictionary_still_builds(monkeypatch, capsys, tmp_path):
     assert code == 0
 
 
-def test_build_with_attention_heads(monkeypatch, capsys, tmp_path):
-    """A site with SAE, neurons and every head of a grouped-query model, through the CLI: one
-    model pass, a page per head linked both ways with the layer's other dictionaries, the index's
-    heads table, links that resolve, and the same bytes from a second build."""
+def test_build_with_attention_heads_and_a_prompt(monkeypatch, capsys, tmp_path):
+    """A site with SAE, neurons, every head of a grouped-query model and a prompt, through the CLI:
+    one model pass, a page per head linked both ways with the layer's other dictionaries, the
+    index's heads table, the prompt page (its note sanitised) linked from the index and from its
+    nodes' pages, links that resolve, and the same bytes from a second build."""
     configs = []
     for name in ("a", "b"):
         config = write_project(tmp_path / name, n_kv_heads=2)
         cfg = yaml.safe_load(config.read_text())
         cfg["dictionaries"].append({"name": "heads", "kind": "attention_heads", "layers": "all"})
+        cfg["prompts"] = [
+            {"text": "w1 w2 w3 w4 w5", "target": "w6", "distractor": "w7", "note": "a *note* <script>x()</script>"}
+        ]
         config.write_text(yaml.safe_dump(cfg))
         configs.append(config)
     err = build(monkeypatch, capsys, configs[0])
@@ -253,5 +257,9 @@ def test_build_with_attention_heads(monkeypatch, capsys, tmp_path):
     neuron = site["features/1/0.html"].decode()  # neurons of layer 0 link to heads 0..3
     assert all(f'href="../2/{i}.html"' in neuron for i in range(4)) and 'href="../2/4.html"' not in neuron
     assert b'"heads"' in site["assets/index-data.js"]
+    prompt = site["prompts/0-w1-w2-w3-w4-w5.html"].decode()
+    assert "<em>note</em>" in prompt and "<script>x()" not in prompt
+    assert 'href="prompts/0-w1-w2-w3-w4-w5.html"' in site["index.html"].decode()
+    assert any("appears in prompt" in body.decode() for name, body in site.items() if name.startswith("features/"))
     code, out, _ = run_cli(monkeypatch, capsys, "check", str(configs[0].parent / "site"))
     assert code == 0 and "resolve" in out

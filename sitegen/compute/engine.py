@@ -297,7 +297,7 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     stats["n_nonfinite"] = n_nonfinite
     manifest = {**head, "complete": True, "stats": stats}
     write_json(cache_dir / "manifest.json", manifest)
-    seconds["finish"] = time.perf_counter() - t0
+    seconds["finish"] = time.perf_counter() - t0 - seconds.get("prompts", 0.0)
     seconds["total"] = time.perf_counter() - started
     if progress:
         log.info("feature cache: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))

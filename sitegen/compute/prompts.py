@@ -278,13 +278,18 @@ def prompt_data(src: Sources, p: Prompt, ac: AttributionConfig) -> PromptData:
         kept = kept_rows(act_grad, direct, write_norm, nodes.act, ac.nodes)
         traced = kept[: ac.traced]
         traces = []
-        for n in traced.tolist():
-            up = torch.autograd.grad(nodes.scalar(n), inputs, retain_graph=True, allow_unused=True)
-            value = nodes.act * nodes.of(list(up))
-            value[n] = 0.0
-            order = value.abs().sort(descending=True, stable=True).indices[: ac.upstream]
-            order = order[value[order] != 0]
-            traces.append((n, order, value[order]))
+        if len(traced):  # one batched backward for all traced nodes
+            outputs = torch.stack([nodes.scalar(n) for n in traced.tolist()])
+            eye = torch.eye(len(traced), dtype=outputs.dtype, device=outputs.device)
+            ups = torch.autograd.grad(
+                outputs, inputs, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True
+            )
+            for row, n in enumerate(traced.tolist()):
+                value = nodes.act * nodes.of([None if g is None else g[row] for g in ups])
+                value[n] = 0.0
+                order = value.abs().sort(descending=True, stable=True).indices[: ac.upstream]
+                order = order[value[order] != 0]
+                traces.append((n, order, value[order]))
     probs = torch.softmax(logits.detach()[0].float(), dim=-1)
     ablated = kept[: min(ac.ablations, len(kept))]
     changes = ablation_changes(src, p, nodes, ablated)
@@ -305,7 +310,7 @@ def prompt_data(src: Sources, p: Prompt, ac: AttributionConfig) -> PromptData:
             direct=values["direct"][n],
         )
 
-    row = {n: r for r, n in enumerate(kept.tolist())}
+    row_of = {n: r for r, n in enumerate(kept.tolist())}
     estimates = rounded(-act_grad[ablated].detach())
     return PromptData(
         index=p.index,
@@ -321,9 +326,9 @@ def prompt_data(src: Sources, p: Prompt, ac: AttributionConfig) -> PromptData:
         next_tokens=[top_of(probs[t], N_NEXT) for t in range(len(p.token_ids))],
         layer_attribution=rounded(layer_attr.detach()),
         nodes=[node(n) for n in kept.tolist()],
-        ablations=[Ablation(row[n], c, e) for n, c, e in zip(ablated.tolist(), rounded(changes), estimates)],
+        ablations=[Ablation(row_of[n], c, e) for n, c, e in zip(ablated.tolist(), rounded(changes), estimates)],
         traces=[
-            Trace(row[n], [Upstream(node(u), v) for u, v in zip(order.tolist(), rounded(value.detach()))])
+            Trace(row_of[n], [Upstream(node(u), v) for u, v in zip(order.tolist(), rounded(value.detach()))])
             for n, order, value in traces
         ],
     )

@@ -1,4 +1,5 @@
-"""``sitegen check SITE``: every internal link and asset of a built site resolves."""
+"""``sitegen check SITE``: every internal link and asset of a built site resolves, including
+the node links a prompt page's script draws from its JSON (``prompt_page.linked_pages``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from sitegen.render.index_data import INDEX_DATA_PATH
+from sitegen.render.prompt_page import linked_pages
 
 EXTERNAL_SCHEMES = {"http", "https", "mailto", "data"}
 INDEX_DATA_PREFIX = "window.SITEGEN_INDEX="
@@ -61,11 +63,20 @@ def page_problems(site: Path, page: Path) -> list[str]:
     parser.feed(page.read_text(encoding="utf-8", errors="replace"))
     parser.close()
     problems = [p for url in parser.urls if (p := link_problem(site, page, url))]
+    where = page.relative_to(site).as_posix()
     for block in parser.data_blocks:
         try:
-            json.loads(block)
+            data = json.loads(block)
         except ValueError as err:
-            problems.append(f"{page.relative_to(site).as_posix()}: embedded page data is not valid JSON ({err})")
+            problems.append(f"{where}: embedded page data is not valid JSON ({err})")
+            continue
+        if page.parent == site / "prompts":
+            try:
+                urls = linked_pages(data)
+            except (KeyError, TypeError, IndexError) as err:
+                problems.append(f"{where}: unreadable prompt page data ({err!r})")
+                continue
+            problems += [f"{p} (a node of the page's data)" for url in urls if (p := link_problem(site, page, url))]
     return problems
 
 

@@ -69,7 +69,7 @@ ALLOWED_ATTRIBUTES = {
 }
 URL_SCHEMES = {"http", "https", "mailto"}
 PAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-RESERVED_PAGES = {"index", "404", "features", "assets"}
+RESERVED_PAGES = {"index", "404", "features", "assets", "prompts"}
 SNIPPET_CHARS = 120
 
 

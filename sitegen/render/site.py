@@ -2,7 +2,8 @@
 the output and moved into place only when complete.
 
 Layout: ``index.html``, ``assets/index-data.js``, ``features/<dict index>/<id>.html`` (a
-feature's page, or an attention head's: ``head_page.py``),
+feature's page, or an attention head's: ``head_page.py``), ``prompts/<slug>.html`` (a prompt's
+page: ``prompt_page.py``),
 ``about.html``, ``<page>.html`` for each ``pages/*.md``, ``404.html``, ``.nojekyll``.
 Every page inlines the CSS (and its script), so a page works alone from file://.
 """
@@ -23,9 +24,17 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from sitegen.cache.feature_data import DictionarySummary, FeatureData
-from sitegen.cache.files import batch_files, dictionary_summaries, read_batch, read_head_batch, read_token_table
+from sitegen.cache.files import (
+    batch_files,
+    dictionary_summaries,
+    read_batch,
+    read_head_batch,
+    read_prompts,
+    read_token_table,
+)
 from sitegen.cache.head_data import HEADS_KIND, HeadData
 from sitegen.cache.manifest import read_manifest
+from sitegen.cache.prompt_data import PromptData
 from sitegen.config import Config
 from sitegen.errors import SitegenError
 from sitegen.render.assets import bundled_dir, static_markup
@@ -35,6 +44,15 @@ from sitegen.render.head_page import LayerLinks, head_page_context, head_page_js
 from sitegen.render.index_data import INDEX_DATA_PATH, IndexRow, Row, head_row, index_row, index_script
 from sitegen.render.markup import Page, load_notes, load_pages, markdown_html, plain_snippet
 from sitegen.render.pages_pool import render_batches
+from sitegen.render.prompt_page import (
+    PromptListing,
+    PromptSite,
+    check_prompts,
+    prompt_appearances,
+    prompt_listing,
+    prompt_page_context,
+    prompt_page_json,
+)
 
 TEMPLATES = bundled_dir("templates")
 GENERATOR_META = '<meta name="generator" content="sitegen">'
@@ -103,6 +121,7 @@ class SiteWriter:
         self, root: Path, cache: Path, cfg: Config, manifest: dict, notes: dict[str, dict[int, str]], pages: list[Page]
     ):
         self.args = (root, cache, cfg, manifest, notes, pages)
+        self.prompt_notes = {i: pc.note for i, pc in enumerate(cfg.prompts) if pc.note}
         self.root, self.cache, self.manifest, self.notes = root, cache, manifest, notes
         self.pages = [p for p in pages if p.name != "about"]
         self.about = next((p for p in pages if p.name == "about"), None)
@@ -114,6 +133,11 @@ class SiteWriter:
         )
         self.built: dict[int, BuiltFeatures] = {}  # by dictionary index, made on first use
         self.links = LayerLinks(self.summaries)
+        # every worker reads the prompts too: node pages link back to the prompts they rank high in
+        self.prompts = read_prompts(cache)
+        self.prompt_site = PromptSite(self.summaries, notes)
+        check_prompts(self.prompts, self.prompt_site)
+        self.appearances = prompt_appearances(self.prompts, self.prompt_site)
 
     def worker_factory(self) -> partial[SiteWriter]:
         """A picklable callable that makes this SiteWriter again (in a worker process)."""
@@ -143,16 +167,20 @@ class SiteWriter:
                 dict_rows = [row for _ in files[index] for row in next(results)]
                 listings.append(self.listing(summary, dict_rows))
                 rows += dict_rows
-        self.write_index(rows, listings)
+        prompts = [self.write_prompt(pd) for pd in self.prompts]
+        self.write_index(rows, listings, prompts)
         self.write_pages(listings)
 
-    def write_index(self, rows: Sequence[Row], listings: list[DictionaryListing]) -> None:
+    def write_index(
+        self, rows: Sequence[Row], listings: list[DictionaryListing], prompts: list[PromptListing] | None = None
+    ) -> None:
         self.write(INDEX_DATA_PATH, index_script(rows, [d.name for d in listings]))
         self.render(
             "index.html",
             "index.html",
             dictionaries=listings,
             has_heads=any(d.kind == HEADS_KIND for d in listings),
+            prompts=prompts or [],
             index_data_path=INDEX_DATA_PATH,
             page_css=static_markup("index.css"),
             js=static_markup("index.js"),
@@ -230,6 +258,7 @@ class SiteWriter:
             "feature.html",
             **context,
             unit="neuron" if summary.kind == "neurons" else "feature",
+            appearances=self.appearances.get((index, fd.feature), []),
             layer_heads=self.links.head_groups(summary.layer(), index),
             prev_id=nav[0],
             next_id=nav[1],
@@ -252,12 +281,26 @@ class SiteWriter:
             f"features/{index}/{hd.feature}.html",
             "head.html",
             **context,
+            appearances=self.appearances.get((index, hd.feature), []),
             prev_id=nav[0],
             next_id=nav[1],
             data_json=script_json_markup(data),
             page_css=static_markup("feature.css") + static_markup("head.css"),
             js=static_markup("head.js"),
         )
+
+    def write_prompt(self, pd: PromptData) -> PromptListing:
+        """A prompt's page; returns its row in the index."""
+        self.render(
+            f"prompts/{pd.slug}.html",
+            "prompt.html",
+            **prompt_page_context(pd, self.prompt_site, self.texts),
+            note_html=markdown_html(note) if (note := self.prompt_notes.get(pd.index)) else None,
+            data_json=script_json_markup(prompt_page_json(pd, self.prompt_site, self.texts)),
+            page_css=static_markup("feature.css") + static_markup("prompt.css"),
+            js=static_markup("prompt.js"),
+        )
+        return prompt_listing(pd, self.texts)
 
 
 @dataclass
