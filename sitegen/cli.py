@@ -1,4 +1,4 @@
-"""The ``sitegen`` command line: validate, build, render, serve, check, init.
+"""The ``sitegen`` command line: validate, build, render, export, serve, check, init.
 
 Bad input prints one line (``error: ...``) and exits 2; ``--debug`` shows the traceback.
 """
@@ -85,6 +85,14 @@ def load(config_path: Path) -> tuple[Config, Sources]:
     return cfg, load_sources(cfg)
 
 
+def explanations_line(cfg: Config, sources: Sources) -> str:
+    """Load ``site.explanations`` against the dictionaries the build makes (SitegenError on bad
+    input); one line saying what they hold."""
+    from sitegen.render.explanations import load_explanations, source_dictionaries, summary_line
+
+    return summary_line(load_explanations(cfg, source_dictionaries(sources)))
+
+
 @click.group()
 @click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks (read by main()).")
 @click.version_option(package_name="sitegen-dashboards")
@@ -96,8 +104,10 @@ def cli() -> None:
 @CONFIG_OPTION
 def validate(config_path: Path) -> None:
     """Load and check every source; print a summary without computing features."""
-    _, sources = load(config_path)
+    cfg, sources = load(config_path)
     click.echo(describe(sources))
+    if cfg.site.explanations:
+        click.echo(explanations_line(cfg, sources))
     click.echo("config OK")
 
 
@@ -114,6 +124,8 @@ def build(config_path: Path, out: Path | None) -> None:
 
     cfg, sources = load(config_path)
     log.info(describe(sources))
+    if cfg.site.explanations:  # checked before the model pass, not after it
+        log.info(f"[sitegen] {explanations_line(cfg, sources)}")
     cache = cache_dir(cfg)
     stats = build_feature_cache(sources, cache)["stats"]
     n_features = sum(len(d.feature_ids) for d in sources.dictionaries)
@@ -144,6 +156,32 @@ def render(config_path: Path, out: Path | None) -> None:
     renderable_manifest(cache, cfg)
     render_site(cache, cfg, out_dir)
     click.echo(f"site written to {out_dir}")
+
+
+@cli.command("export")
+@click.option("--format", "fmt", default=None, help="neuron-records | neuronpedia")
+@CONFIG_OPTION
+@click.option(
+    "--out",
+    "out",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Output folder (default: export/<format> next to the config).",
+)
+def export_command(fmt: str | None, config_path: Path, out: Path | None) -> None:
+    """Write the feature cache in another tool's layout, without recomputing (refused when the
+    config's feature keys changed since the cache was built)."""
+    from sitegen.cache.manifest import renderable_manifest
+    from sitegen.config import load_config
+    from sitegen.export import ExportInput, check_format, export_to
+
+    name = check_format(fmt)
+    cfg = load_config(config_path)
+    out_dir = output_dir(cfg, out if out is not None else cfg.resolve(f"export/{name}"))
+    cache = cache_dir(cfg)
+    manifest = renderable_manifest(cache, cfg)
+    export_to(name, ExportInput.read(cache, cfg, manifest), out_dir)
+    click.echo(f"{name} export written to {out_dir}")
 
 
 @cli.command()

@@ -79,6 +79,16 @@ class FeaturesConfig:
 
 
 @dataclass
+class RecordsConfig:
+    """NeuronRecord data of each feature (neuron-explainer's layout; ``sitegen export``)."""
+
+    top: int = 20  # sequences with the largest activation: a multiple of 4 (train / calibration / valid / test)
+    random: int = 21  # seeded sample of sequences: a multiple of 3 (calibration / valid / test)
+    quantiles: list[float] = field(default_factory=lambda: [0.5, 0.9, 0.99, 0.999])  # of sequences' max activations
+    per_quantile: int = 5  # seeded sample of sequences per quantile bin
+
+
+@dataclass
 class HeadsConfig:
     """Attention-head records (dictionaries of kind ``attention_heads``)."""
 
@@ -115,6 +125,10 @@ class SiteConfig:
     title: str = "sitegen dashboards"
     pages: str | None = None  # folder of Markdown site pages (pages/*.md)
     notes: str | None = None  # YAML: {dictionary: {feature_id: markdown}}
+    # explanation files or folders, each a path or {path, format, dictionary} (render/explanations.py)
+    explanations: list[str | dict[str, Any]] = field(default_factory=list)
+    # formats also written inside the site, at export/<format>/ (sitegen.export.FORMATS)
+    export: list[Literal["neuron-records", "neuronpedia"]] = field(default_factory=list)
 
 
 @dataclass
@@ -124,6 +138,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
     prompts: list[PromptConfig] = field(default_factory=list)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
@@ -168,6 +183,9 @@ NON_NEGATIVE = {
     "random_records",
     "ablations",
     "traced",
+    "top",
+    "random",
+    "per_quantile",
 }
 
 
@@ -274,6 +292,13 @@ def _check(cfg: Config, where: str) -> None:
             parts = d.features.split(":")
             if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
                 raise SitegenError(f"{key}.features: expected ids or 'start:stop', got {d.features!r}")
+    rc = cfg.records
+    if rc.top % 4:
+        raise SitegenError(f"{where}.records.top: {rc.top} is not a multiple of 4 (neuron-explainer's 4 splits)")
+    if rc.random % 3:
+        raise SitegenError(f"{where}.records.random: {rc.random} is not a multiple of 3 (neuron-explainer's 3 splits)")
+    if any(not 0 < q < 1 for q in rc.quantiles) or rc.quantiles != sorted(set(rc.quantiles)):
+        raise SitegenError(f"{where}.records.quantiles: expected increasing values in (0, 1), got {rc.quantiles}")
     for i, pc in enumerate(cfg.prompts):
         if not pc.text.strip():
             raise SitegenError(f"{where}.prompts[{i}].text: the prompt is empty")

@@ -123,8 +123,13 @@
   // One line of tokens per example; each span holds the index of its record [example, offset].
   var recs = [];
   Array.prototype.forEach.call(document.querySelectorAll(".ex-group"), function (box) {
-    D.groups[+box.getAttribute("data-group")].forEach(function (ex) {
+    var top = box.getAttribute("data-group") === "0";
+    D.groups[+box.getAttribute("data-group")].forEach(function (ex, n) {
       var line = el("div", "ex");
+      if (top && D.splits && D.splits[n]) {
+        line.appendChild(el("span", "split", D.splits[n])).title = "this sequence's split in the NeuronRecord export " +
+          "(neuron-explainer: train for writing explanations, calibration / valid / test held out)";
+      }
       ex[3].forEach(function (ti, k) {
         var s = el("span", ex[2] + k === ex[1] ? "t sel" : "t", T[ti]), h = ex[5][k];
         s.style.backgroundColor = actColour(ex[4][k]);

@@ -1,20 +1,23 @@
 // sitegen index: search, filter, sort and page through every built feature
 // (window.SITEGEN_INDEX, loaded from assets/index-data.js). Only one page of
 // rows is in the DOM at a time, so 100,000 features stay responsive. Attention
-// heads have their own sortable table; "#dict-<i>" selects dictionary i.
+// heads have their own sortable table; "#dict-<i>" selects dictionary i. Each explained
+// feature has its best explanation's text and score (X.expl), shown as text, searched, sorted.
 (function () {
   "use strict";
   var X = window.SITEGEN_INDEX, PAGE = 100;
   var $ = function (id) { return document.getElementById(id); };
   var body = $("rows"), count = $("count"), search = $("search"), dict = $("dict"), dmin = $("dmin"),
-    dmax = $("dmax"), prev = $("prev"), next = $("next");
+    dmax = $("dmax"), prev = $("prev"), next = $("next"), unexpl = $("unexpl");
   if (!X) {
     count.textContent = "The index data (assets/index-data.js) did not load.";
     return;
   }
   var n = X.id.length, dead = new Uint8Array(n), notes = new Array(n), hay = null;
+  var expl = new Array(n), escore = new Array(n);
   X.dead.forEach(function (r) { dead[r] = 1; });
   X.notes.forEach(function (p) { notes[p[0]] = p[1]; });
+  (X.expl || []).forEach(function (p) { expl[p[0]] = p[1]; escore[p[0]] = p[2]; });
   var shown = [], page = 0, sortKey = null, sortDir = 1;
 
   function el(tag, cls, text) {
@@ -30,20 +33,22 @@
     density: function (i) { return X.density[i]; },
     max: function (i) { return X.max[i]; },
     top: firstToken,
-    note: function (i) { return (notes[i] || "\uffff").toLowerCase(); }
+    note: function (i) { return (notes[i] || "\uffff").toLowerCase(); },
+    expl: function (i) { return expl[i] === undefined ? null : expl[i].toLowerCase(); },
+    escore: function (i) { return escore[i] == null ? null : escore[i]; }
   };
-  // Lower-case token texts and note of each row, built on the first search.
+  // Lower-case token texts, note and explanation of each row, built on the first search.
   function haystack() {
     if (!hay) {
       hay = new Array(n);
       for (var i = 0; i < n; i++) {
         var words = X.top[i].map(function (t) { return X.tokens[t]; });
-        hay[i] = (words.join("\u0001") + "\u0001" + (notes[i] || "")).toLowerCase();
+        hay[i] = (words.join("\u0001") + "\u0001" + (notes[i] || "") + "\u0001" + (expl[i] || "")).toLowerCase();
       }
     }
     return hay;
   }
-  // A term matches a row by its id ("12" or "#12") or as part of its token texts or note.
+  // A term matches a row by its id ("12" or "#12") or as part of its token texts, note or explanation.
   function matches(i, term, text) {
     var id = term.charAt(0) === "#" ? term.slice(1) : term;
     if (/^\d+$/.test(id) && X.id[i] === +id) return true;
@@ -52,9 +57,11 @@
   function filter() {
     var terms = search.value.toLowerCase().split(/\s+/).filter(Boolean), d = dict.value;
     var lo = parseFloat(dmin.value), hi = parseFloat(dmax.value), text = terms.length ? haystack() : null;
+    var onlyUnexplained = unexpl && unexpl.checked;
     shown = [];
     for (var i = 0; i < n; i++) {
       if (d !== "" && X.d[i] !== +d) continue;
+      if (onlyUnexplained && expl[i] !== undefined) continue;
       var pct = X.density[i] * 100;
       if (pct < lo || pct > hi) continue;
       var ok = true;
@@ -70,6 +77,7 @@
       shown.forEach(function (i) { keys[i] = key(i); });
       shown.sort(function (a, b) {
         var ka = keys[a], kb = keys[b];
+        if (ka === null || kb === null) return ka === kb ? a - b : ka === null ? 1 : -1;  // none: last
         return (ka < kb ? -1 : ka > kb ? 1 : a - b) * sortDir;
       });
     }
@@ -86,6 +94,8 @@
     tr.appendChild(el("td", "", String(X.max[i])));
     X.top[i].forEach(function (t) { toks.appendChild(el("code", "", X.tokens[t])); });
     tr.appendChild(toks);
+    tr.appendChild(el("td", "expl", expl[i] || ""));
+    tr.appendChild(el("td", "sc", escore[i] == null ? "" : String(+escore[i].toPrecision(3))));
     tr.appendChild(el("td", "", notes[i] || ""));
     return tr;
   }
@@ -140,13 +150,14 @@
   dict.addEventListener("change", filter);
   dmin.addEventListener("input", filter);
   dmax.addEventListener("input", filter);
+  if (unexpl) unexpl.addEventListener("change", filter);
   search.form.addEventListener("submit", function (e) { e.preventDefault(); });
   prev.addEventListener("click", function () { page--; draw(); });
   next.addEventListener("click", function () { page++; draw(); });
   Array.prototype.forEach.call(document.querySelectorAll("th[data-sort]"), function (th) {
     th.addEventListener("click", function () {
       var key = th.getAttribute("data-sort");
-      sortDir = key === sortKey ? -sortDir : 1;
+      sortDir = key === sortKey ? -sortDir : +(th.getAttribute("data-first") || 1);
       sortKey = key;
       Array.prototype.forEach.call(th.parentNode.children, function (c) { c.removeAttribute("aria-sort"); });
       th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");

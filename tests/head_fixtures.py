@@ -125,6 +125,8 @@ class HeadMaker:
         ranked = scalars[rank]
         c = centre - start
         key = ranked.keys[c][0]
+        matrix = (pattern, write)[rank]
+        pairs = [v for q in range(window) for v in rounded(matrix[start + q, start : start + q + 1])]
         return HeadRecord(
             seq=seq,
             start=start,
@@ -135,6 +137,7 @@ class HeadMaker:
             key=key,
             score=ranked.values[c][0],
             scalars=scalars,
+            pairs=pairs,
         )
 
     def summary(self, previous_head: bool, zero_write: bool) -> HeadSummary:
@@ -183,6 +186,7 @@ class HeadMaker:
             top_records=top,
             random_records=random,
             maxima=maxima([*top, *random]),
+            moments=[round_sig(float(x)) for x in self.rng.uniform(0.01, 2.0, 4)],
         )
 
 

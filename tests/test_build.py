@@ -195,10 +195,18 @@ def test_embedded_default_small_slice(monkeypatch, capsys, tmp_path):
     cfg["dictionaries"][2].update(layers=[6])
     cfg["dataset"].update(paths=[str(root / "data/corpus/corpus.jsonl")], max_tokens=1024)
     cfg["site"]["pages"] = str(root / "pages")
+    # the shipped hand-written explanations of the features this slice builds (an explanation of a
+    # feature not built is an error)
+    assert cfg["site"]["explanations"] == ["data/explanations/hand-written.yaml"]
+    rows = yaml.safe_load((root / "data/explanations/hand-written.yaml").read_text())
+    (tmp_path / "explanations.yaml").write_text(yaml.safe_dump([r for r in rows if r["feature"] < 6]))
+    cfg["site"]["explanations"] = ["explanations.yaml"]
     config = tmp_path / "site_config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     err = build(monkeypatch, capsys, config)
     assert "dictionary 'sae-l6': sae on blocks.6.hook_resid_post, d_in 640, d_sae 4096" in err
+    assert "explanations: 3 for 3 features (sae-l6: 3)" in err
+    assert "hand-written (read from the feature pages)" in (tmp_path / "site/features/0/4.html").read_text()
     assert "10 features and 4 attention heads from 1 model pass(es)" in err
     site = tmp_path / "site"
     assert len(list(site.glob("features/*/*.html"))) == 14

@@ -1,14 +1,16 @@
-"""``sitegen render``, ``check``, ``init`` and ``serve`` run without torch or TransformerLens:
-each runs in a subprocess where importing them fails. ``render`` refuses a cache built from
-another config, naming the keys that changed."""
+"""``sitegen render``, ``export``, ``check``, ``init`` and ``serve`` run without torch or
+TransformerLens: each runs in a subprocess where importing them fails. ``render`` and ``export``
+refuse a cache built from another config, naming the keys that changed."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import yaml
 from site_fixtures import DictSpec, write_cache
 
 from sitegen.config import load_config
@@ -58,6 +60,31 @@ def test_render_check_init_without_torch(tmp_path):
     assert result.returncode == 0 and "resolve" in result.stdout, result.stdout + result.stderr
     result = sitegen("init", "other", cwd=tmp_path)
     assert result.returncode == 0 and (tmp_path / "other" / "site_config.yaml").is_file(), result.stderr
+
+
+def test_export_without_torch(tmp_path):
+    root = project(tmp_path / "proj")
+    result = sitegen("export", "--format", "neuronpedia", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    batch = json.loads((root / "export" / "neuronpedia" / "0" / "batch-0.json").read_text())
+    assert [f["feature_index"] for f in batch["features"]] == [0, 1, 2, 3]
+    config = root / "site_config.yaml"
+    raw = yaml.safe_load(config.read_text())
+    raw.setdefault("site", {})["export"] = ["neuronpedia"]  # site keys leave the cache current
+    config.write_text(yaml.safe_dump(raw))
+    result = sitegen("render", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (root / "site" / "export" / "neuronpedia" / "0" / "batch-0.json").read_bytes() == (
+        root / "export" / "neuronpedia" / "0" / "batch-0.json"
+    ).read_bytes()
+    result = sitegen("check", "site", cwd=root)
+    assert result.returncode == 0 and "resolve" in result.stdout, result.stdout + result.stderr
+    raw["features"]["top_examples"] = 3
+    config.write_text(yaml.safe_dump(raw))
+    result = sitegen("export", "--format", "neuronpedia", "--out", "other", cwd=root)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "features.top_examples" in lines[0], result.stderr
+    assert not (root / "other").exists()
 
 
 def test_serve_without_torch(tmp_path):

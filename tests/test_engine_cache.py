@@ -115,18 +115,19 @@ def test_resume_reuses_batches_and_is_identical(built, tmp_path, caplog):
 KILLER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from sitegen.compute import engine
+from sitegen.compute import writing
+from sitegen.compute.engine import build_feature_cache
 from sitegen.config import load_config
 from sitegen.sources import load_sources
 writes = []
-real = engine.write_batch
+real = writing.write_batch
 def write_then_die(*args):
     real(*args)
     writes.append(args)
     if len(writes) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-engine.write_batch = write_then_die
-engine.build_feature_cache(load_sources(load_config({config!r})), {cache!r}, progress=False)
+writing.write_batch = write_then_die
+build_feature_cache(load_sources(load_config({config!r})), {cache!r}, progress=False)
 """
 
 

@@ -104,6 +104,9 @@ def check_record(r: HeadRecord, ref: list[torch.Tensor], tokens, width: int, k: 
     assert r.earlier_ids == [int(tokens[r.seq, j]) for j in r.earlier], where
     for s, p in enumerate(r.scalars):
         check_pairs(p, ref[s][r.seq], r.start, k, f"{where} {SCALARS[s]}")
+    rank = ref[1][r.seq]  # write norm: the default ranking scalar
+    flat = [float(rank[r.start + q, r.start + j]) for q in range(width) for j in range(q + 1)]
+    assert len(r.pairs) == len(flat) and all(close(a, b) for a, b in zip(r.pairs, flat)), where
 
 
 @pytest.mark.parametrize("n_kv_heads", [None, 2, 1])
@@ -172,6 +175,12 @@ def test_head_records_against_run_with_cache(tmp_path, seed, n_kv_heads):
         share = {t: v / sum(received.values()) for t, v in received.items()}
         assert all(close(v, share[t]) for t, v in zip(hd.summary.top_keys.token_ids, hd.summary.top_keys.values))
         assert min(hd.summary.top_keys.values) >= share[top[-1]] * (1 - 2e-3), where
+        # NeuronRecord moments of the write norm over every (counted query, key <= query) pair
+        x = torch.cat([w[s][i, : i + 1] for s in range(n_seq) for i in range(ctx) if counted[s, i]]).double()
+        mean, var = float(x.mean()), float(x.var(unbiased=False))
+        skew = float(((x - mean) ** 3).mean()) / var**1.5
+        kurt = float(((x - mean) ** 4).mean()) / var**2 - 3
+        assert all(close(a, b) for a, b in zip(hd.moments, [mean, var, skew, kurt])), (where, hd.moments)
         # the normalisers are the maxima over what the records show
         assert hd.maxima == maxima([*hd.top_records, *hd.random_records])
     # every token a page shows is in tokens.json
@@ -227,7 +236,7 @@ def test_normalised_summaries_against_the_neuron_viewer_definitions(seed):
                 dense[i, : i + 1] = torch.tensor(tok, dtype=torch.float64)
             sm = token_summaries(dense, causal(t, dense.device)).tolist()
             keys = [list(range(i + 1)) for i in range(t)]
-            built.append(HeadRecord(0, 0, [0] * t, [], [], 0, 0, 0.0, [PairScalars(keys, rec, [0.0] * t, *sm)] * 2))
+            built.append(HeadRecord(0, 0, [0] * t, [], [], 0, 0, 0.0, [PairScalars(keys, rec, [0.0] * t, *sm)] * 2, []))
         top, *tops = maxima(built)[0]
 
         def norm(x: float, m: float) -> float:  # what static/head.js shows

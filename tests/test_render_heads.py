@@ -161,7 +161,7 @@ def index_data(site: Path) -> dict:
 
 def test_index_heads_table(site):
     data = index_data(site)
-    assert data["v"] == 2 and data["dicts"] == ["sae", "l6", "heads", "multi"]
+    assert data["v"] == 3 and data["dicts"] == ["sae", "l6", "heads", "multi"]
     # the feature table is unchanged: features only
     assert list(zip(data["d"], data["id"])) == [(0, 0), (0, 1), (0, 2), (0, 5), (1, 0), (1, 3)]
     rows = [(d, hd) for d in HEADS for _, hd in sorted(heads(site, d).items())]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sitegen.hooks import hook_layer
 
-FORMAT_VERSION = 5  # 5: attention-head dictionaries (HeadData batches, DictionarySummary.layers)
+FORMAT_VERSION = 6  # 6: NeuronRecord data (FeatureData.records, HeadRecord.pairs), prompts, sequences.json
 
 
 @dataclass
@@ -91,13 +91,47 @@ class Ranked:
 
 
 @dataclass
+class SequenceActivations:
+    """A feature over one whole sequence: its non-zero activations (every other position is 0,
+    ignored positions such as BOS included)."""
+
+    seq: int
+    positions: list[int]  # ascending
+    values: list[float]
+
+
+@dataclass
+class NeuronRecords:
+    """What neuron-explainer's NeuronRecord holds, over every counted token of the dataset:
+    moments of the activation (zeros included; population variance, skewness as the third
+    standardised moment, kurtosis as the fourth minus 3), the ``top`` sequences by their largest
+    activation (ties: the earlier sequence), a seeded ``random`` sample of sequences, and the
+    sequences' largest activations cut at ``quantile_boundaries`` (the records config's quantiles
+    of them, linear interpolation) with a seeded sample per bin (``by_quantile``: below the first
+    boundary, between boundaries, from the last one)."""
+
+    mean: float
+    variance: float
+    skewness: float
+    kurtosis: float
+    top: list[SequenceActivations]
+    random: list[SequenceActivations]
+    quantile_boundaries: list[float]
+    by_quantile: list[list[SequenceActivations]]
+
+    def sequences(self) -> set[int]:
+        return {r.seq for r in (*self.top, *self.random, *(r for b in self.by_quantile for r in b))}
+
+
+@dataclass
 class FeatureData:
     dictionary: str
     feature: int
     dead: bool  # never > 0 on the counted tokens
     n_tokens: int  # counted tokens (ignored positions and NaN/inf excluded)
     n_nonfinite: int  # positions whose activation was NaN/inf (excluded)
-    density: float  # fraction of counted tokens with activation > 0
+    n_active: int  # counted tokens with activation > 0 (density = n_active / n_tokens, exactly)
+    density: float  # fraction of counted tokens with activation > 0 (4 significant digits)
     max_act: float
     mean_nonzero_act: float
     act_histogram: Histogram  # over non-zero activations
@@ -117,6 +151,7 @@ class FeatureData:
     # the logit effects u at the tokens direct hovers list: the hover_top lowest (u ascending),
     # then the hover_top highest (u descending), 7 significant digits; empty without direct hovers
     hover_basis: TokenValues = field(default_factory=lambda: TokenValues([], []))
+    records: NeuronRecords | None = None  # neuron-explainer's record data (sitegen export)
 
     def examples(self) -> list[Example]:
         """Every shown example: top, intervals, negative."""

@@ -31,7 +31,9 @@ from sitegen.cache.feature_data import (
     Hover,
     IntervalGroup,
     ListedHover,
+    NeuronRecords,
     Ranked,
+    SequenceActivations,
     TokenValues,
 )
 from sitegen.cache.head_data import HeadData, HeadRecord, HeadSummary, PairScalars
@@ -108,6 +110,23 @@ def _group(d: dict | None) -> IntervalGroup | None:
     return IntervalGroup(d["lower"], d["upper"], d["fraction"], [_example(e) for e in d["examples"]])
 
 
+def _sequences(items: list[dict]) -> list[SequenceActivations]:
+    return [SequenceActivations(**r) for r in items]
+
+
+def _records(d: dict | None) -> NeuronRecords | None:
+    if d is None:
+        return None
+    return NeuronRecords(
+        **{
+            **d,
+            "top": _sequences(d["top"]),
+            "random": _sequences(d["random"]),
+            "by_quantile": [_sequences(b) for b in d["by_quantile"]],
+        }
+    )
+
+
 def feature_data_from_dict(d: dict) -> FeatureData:
     """A FeatureData from its JSON object (as read from a batch file)."""
     return FeatureData(
@@ -126,6 +145,7 @@ def feature_data_from_dict(d: dict) -> FeatureData:
             "decoder_neighbours": Ranked(**d["decoder_neighbours"]),
             "top_tokens": _token_values(d["top_tokens"]),
             "hover_basis": _token_values(d["hover_basis"]),
+            "records": _records(d.get("records")),
         }
     )
 
@@ -167,6 +187,19 @@ def read_head_batch(path: Path) -> list[HeadData]:
 
 
 PROMPTS_FILE = "prompts.json"
+SEQUENCES_FILE = "sequences.json"  # {sequence index: token ids} of the sequences NeuronRecord data holds
+
+
+STRINGS_FILE = "token_strings.json"  # {token id: the token decoded alone} of every id in tokens.json (exports)
+
+
+def read_token_strings(cache: Path) -> dict[int, str]:
+    return {int(k): v for k, v in read_json(cache / STRINGS_FILE).items()}
+
+
+def read_sequences(cache: Path) -> dict[int, list[int]]:
+    path = cache / SEQUENCES_FILE
+    return {int(k): v for k, v in read_json(path).items()} if path.is_file() else {}
 
 
 def write_prompts(cache: Path, prompts: list[PromptData]) -> None:

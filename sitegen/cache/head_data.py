@@ -54,6 +54,9 @@ class HeadRecord:
     key: int  # the arg-max key of that query for the ranking scalar
     score: float  # the ranking scalar at (query, key): for top records the sequence's largest
     scalars: list[PairScalars]  # in SCALARS order
+    # the ranking scalar between the shown tokens, in the neuron-viewer's layout: shown token n's
+    # n + 1 scalars (keys start .. start + n) in order, flattened (the NeuronRecord export's record)
+    pairs: list[float]
 
 
 @dataclass
@@ -87,6 +90,9 @@ class HeadData:
     # per scalar (SCALARS order), the normalisers over all records (top and random) of the head:
     # [largest pair scalar, largest total_in, max_in, total_out, max_out], each floored at 0
     maxima: list[list[float]]
+    # the ranking scalar over every (counted query, key <= query) pair of the dataset: mean,
+    # population variance, skewness, excess kurtosis (NeuronRecord's moments)
+    moments: list[float]
 
     def token_ids(self) -> set[int]:
         ids = {*self.summary.top_keys.token_ids, *self.summary.top_queries.token_ids}

@@ -36,6 +36,7 @@ def config_keys(cfg: Config) -> dict[str, str]:
     sections: list[tuple[str, Any]] = [
         ("features", cfg.features),
         ("heads", cfg.heads),
+        ("records", cfg.records),
         ("dataset", cfg.dataset),
         ("model", cfg.model),
     ]

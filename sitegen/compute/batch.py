@@ -20,10 +20,11 @@ from sitegen.compute.correlations import correlated, decoder_neighbours, neuron_
 from sitegen.compute.effects import NormConvention, hover_basis, logit_directions
 from sitegen.compute.examples import select_examples, windows
 from sitegen.compute.hovers import HoverRequest, LogitTable
+from sitegen.compute.records import feature_records
 from sitegen.compute.serialise import FeatureTensors
 from sitegen.compute.stats import batch_stats, dense_histograms, row_histograms
 from sitegen.compute.store import NeuronActs, SparseActs
-from sitegen.config import FeaturesConfig
+from sitegen.config import FeaturesConfig, RecordsConfig
 from sitegen.sources.dictionaries import Dictionary
 
 
@@ -42,6 +43,8 @@ class DictionaryContext:
     post_scale: torch.Tensor | None  # [n_tok] clean scale of the hook's post-norm (direct effects, Gemma 2/3)
     seed: int
     release: Callable[[], None]  # hands back the pages of memmapped activations read so far
+    counted: torch.Tensor  # [n_seq, ctx] bool: the positions statistics count
+    records: RecordsConfig
 
 
 def feature_seed(seed: int, dict_index: int, feature: int) -> int:
@@ -136,5 +139,6 @@ def batch_tensors(
         ),
         corr_features=correlated(acts.n_clean, gram, sx, sxx, acts.sx, acts.sxx, cfg.n_related, idx, False),
         neighbours=decoder_neighbours(ctx.unit_decoder, idx, cfg.n_neighbours),
+        records=feature_records(ent, seeds, counted=ctx.counted, can_be_negative=ctx.d.can_be_negative, rc=ctx.records),
     )
     return features, request

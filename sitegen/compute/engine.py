@@ -9,28 +9,25 @@ finally ``tokens.json`` and the manifest with ``complete: true``.
 
 from __future__ import annotations
 
-import gc
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
-from sitegen.cache.feature_data import DictionarySummary, FeatureData
+from sitegen.cache.feature_data import DictionarySummary
 from sitegen.cache.files import (
     PROMPTS_FILE,
+    SEQUENCES_FILE,
+    STRINGS_FILE,
     batch_path,
     read_batch,
     read_head_batch,
     read_json,
-    write_batch,
     write_json,
 )
-from sitegen.cache.head_data import HeadData
 from sitegen.cache.manifest import stale_reason
 from sitegen.compute.activations import (
     MEMMAP_DIR,
@@ -50,6 +47,7 @@ from sitegen.compute.prompts import prompt_phase
 from sitegen.compute.serialise import feature_data
 from sitegen.compute.spill import Arrays
 from sitegen.compute.store import NeuronActs, SparseActs
+from sitegen.compute.writing import Shown, paused_gc, write_features, write_heads, write_pending
 from sitegen.errors import SitegenError
 from sitegen.hooks import block_hook
 from sitegen.report import log
@@ -91,7 +89,7 @@ def summaries_of(src: Sources, norm: NormConvention, directions: list) -> list[D
 
 def clear_cache(cache_dir: Path) -> None:
     shutil.rmtree(cache_dir / "features", ignore_errors=True)
-    for name in ("tokens.json", "manifest.json", PROMPTS_FILE):
+    for name in ("tokens.json", "manifest.json", PROMPTS_FILE, SEQUENCES_FILE, STRINGS_FILE):
         (cache_dir / name).unlink(missing_ok=True)
 
 
@@ -176,6 +174,8 @@ def context_for(
         post_scale=post_scale,
         seed=src.config.seed,
         release=cache.release,
+        counted=~data.ignore,
+        records=src.config.records,
     )
 
 
@@ -225,7 +225,7 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
         if missing[n_dicts + j]
     }
     model_passes = 0
-    tokens: set[int] = set()
+    shown = Shown(set(), set())
     n_nonfinite = 0
     counts: dict[str, int] = {}
     if todo or recorders:
@@ -234,7 +234,7 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
         if recorders:
             seconds["heads (in the model pass)"] = sum(r.seconds for r in recorders.values())
             for i, recorder in recorders.items():
-                write_heads(cache_dir, i, recorder.head_data(), plan[i], tokens)
+                write_heads(cache_dir, i, recorder.head_data(), plan[i], shown)
         budget = max(0, fc.activation_cache_mb * 2**20 - cache.bytes_in_memory())
         arrays = Arrays(budget, cache_dir / MEMMAP_DIR)
         try:
@@ -258,7 +258,7 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
                 t0 = time.perf_counter()
                 todo_batches = [(b, plan[i][b]) for b in missing[i]]
                 try:
-                    n_nonfinite += batch_pass(src, ctx, cache_dir, todo_batches, logits, pending, tokens, progress)
+                    n_nonfinite += batch_pass(src, ctx, cache_dir, todo_batches, logits, pending, shown, progress)
                 finally:
                     ctx.acts.close()
                 if ctx.effects == "exact":
@@ -272,7 +272,7 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
                 )
                 seconds["hovers"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                n_nonfinite += write_pending(cache_dir, pending, tokens, progress)
+                n_nonfinite += write_pending(cache_dir, pending, shown, progress)
                 seconds["write"] = time.perf_counter() - t0
         finally:
             arrays.close()
@@ -283,17 +283,22 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
         for b in set(range(len(p))) - set(missing[i]):
             if i >= n_dicts:
                 for hd in read_head_batch(batch_path(cache_dir, i, b)):
-                    tokens.update(hd.token_ids())
+                    shown.tokens.update(hd.token_ids())
                 continue
             for fd in read_batch(batch_path(cache_dir, i, b)):
-                tokens.update(fd.token_ids())
+                shown.add(fd)
                 n_nonfinite += fd.n_nonfinite
     if src.prompts:
         t1 = time.perf_counter()
-        prompt_phase(src, cache_dir, tokens, progress)
+        prompt_phase(src, cache_dir, shown.tokens, progress)
         seconds["prompts"] = time.perf_counter() - t1
-    ordered = sorted(tokens)
+    seqs = sorted(shown.seqs)
+    write_json(cache_dir / SEQUENCES_FILE, {str(q): src.data.tokens[q].tolist() for q in seqs})
+    for q in seqs:
+        shown.tokens.update(src.data.tokens[q].tolist())
+    ordered = sorted(shown.tokens)
     write_json(cache_dir / "tokens.json", {str(t): s for t, s in zip(ordered, src.token_texts(ordered))})
+    write_json(cache_dir / STRINGS_FILE, {str(t): s for t, s in zip(ordered, src.raw_token_texts(ordered))})
     stats["n_nonfinite"] = n_nonfinite
     manifest = {**head, "complete": True, "stats": stats}
     write_json(cache_dir / "manifest.json", manifest)
@@ -305,19 +310,6 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     return {**manifest, "stats": {**stats, **run}}
 
 
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Cyclic GC off: a batch creates ~10^5 short-lived acyclic objects (its FeatureData),
-    and the collector's repeated scans of them would double the time spent on them."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def batch_pass(
     src: Sources,
     ctx: DictionaryContext,
@@ -325,7 +317,7 @@ def batch_pass(
     batches: list[tuple[int, list[int]]],
     logits: LogitTable | None,
     pending: list[Pending],
-    tokens: set[int],
+    shown: Shown,
     progress: bool,
 ) -> int:
     """Build the batches (number, feature ids) of one dictionary but their hovers: with effects
@@ -341,45 +333,12 @@ def batch_pass(
         for b, ids in batches:
             tensors, request = batch_tensors(src.model, src.data.tokens, src.config.features, ctx, ids, logits)
             if request is None:
-                n_nonfinite += write_features(cache_dir, ctx.index, b, feature_data(tensors), tokens)
+                n_nonfinite += write_features(cache_dir, ctx.index, b, feature_data(tensors), shown)
             else:
                 pending.append(Pending(ctx.index, b, tensors, request))
             ctx.release()
             ctx.acts.release()
             bar.update(len(ids))
-    return n_nonfinite
-
-
-def write_features(cache_dir: Path, index: int, b: int, features: list[FeatureData], tokens: set[int]) -> int:
-    """Write one batch file; add its token ids to ``tokens``; return its NaN/inf count."""
-    write_batch(cache_dir, index, b, features)
-    n_nonfinite = 0
-    for fd in features:
-        tokens.update(fd.token_ids())
-        n_nonfinite += fd.n_nonfinite
-    return n_nonfinite
-
-
-def write_heads(cache_dir: Path, index: int, heads: list[HeadData], plan: list[list[int]], tokens: set[int]) -> None:
-    """Write every batch of head dictionary ``index`` (``heads`` in id order, as ``plan`` batches them)."""
-    by_id = {hd.feature: hd for hd in heads}
-    for b, ids in enumerate(plan):
-        batch = [by_id[f] for f in ids]
-        write_batch(cache_dir, index, b, batch)
-        for hd in batch:
-            tokens.update(hd.token_ids())
-
-
-def write_pending(cache_dir: Path, pending: list[Pending], tokens: set[int], progress: bool) -> int:
-    """Write the batches whose hovers the hover phase filled in; return their NaN/inf count."""
-    n_nonfinite = 0
-    total = sum(len(p.tensors.ids) for p in pending)
-    pending.reverse()
-    with paused_gc(), tqdm(total=total, desc="writing", unit="feature", disable=not progress) as bar:
-        while pending:
-            p = pending.pop()  # freed once written
-            n_nonfinite += write_features(cache_dir, p.dictionary, p.batch, feature_data(p.tensors), tokens)
-            bar.update(len(p.tensors.ids))
     return n_nonfinite
 
 

@@ -53,6 +53,7 @@ def records_of(tokens: torch.Tensor, slots: dict[str, torch.Tensor], n: int) -> 
                 query=int(slots["query"][n, r]),
                 key=int(slots["key"][n, r]),
                 score=scalar(torch.tensor(score)),
+                pairs=[v for q, row in enumerate(rounded(slots["pairs"][n, r])) for v in row[: q + 1]],
                 scalars=scalars,
             )
         )

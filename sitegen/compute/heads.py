@@ -24,13 +24,14 @@ from transformer_lens import HookedTransformer
 from sitegen.cache.feature_data import TokenValues
 from sitegen.cache.head_data import SCALARS, HeadData, HeadSummary
 from sitegen.compute.head_records import NEG, maxima, records_of, scalar
+from sitegen.compute.records import moments_from_powers
 from sitegen.compute.rounding import rounded
 from sitegen.config import FeaturesConfig, HeadsConfig
 from sitegen.hooks import block_hook
 from sitegen.sources.heads import HeadDictionary
 
 RANDOM_STREAM = 0x4EAD  # the random records' generator is seeded with [seed, RANDOM_STREAM]
-FIELDS = ("score", "seq", "start", "query", "key", "keys", "values", "rest", "summaries")
+FIELDS = ("score", "seq", "start", "query", "key", "keys", "values", "rest", "summaries", "pairs")
 
 
 def distance_edges(ctx: int) -> list[int]:
@@ -88,6 +89,7 @@ class LayerRecords:
             "previous": z(h, dtype=torch.float64),
             "self": z(h, dtype=torch.float64),
             "write": z(h, dtype=torch.float64),
+            "powers": z(h, 4, dtype=torch.float64),  # sums of the ranking scalar's 1st..4th powers over pairs
             "distance": z(h, n_bins, dtype=torch.float64),
             "received": z(h, n_tokens, dtype=torch.float64),
             "written": z(h, n_tokens, dtype=torch.float64),
@@ -252,6 +254,8 @@ class HeadRecorder:
         s["self"] += (a.diagonal(dim1=2, dim2=3) * q).sum((0, 2)).double()
         s["previous"] += (a.diagonal(offset=-1, dim1=2, dim2=3) * q[..., 1:]).sum((0, 2)).double()
         s["write"] += (w.sum(-1) * q).sum((0, 2)).double()
+        r = scalars[SCALARS.index(self.hc.rank_by)].double() * q[..., None]  # 0 past the causal mask
+        s["powers"] += torch.stack([(r**k).sum((0, 2, 3)) for k in (1, 2, 3, 4)], dim=1)
         by_pair = (a * q[..., None]).sum(0).reshape(a.shape[1], -1)  # [head, query * key]
         s["distance"].index_add_(1, self.bins, by_pair.double())
         received = (a * q[..., None]).sum(2)  # [batch, head, key]
@@ -285,6 +289,8 @@ class HeadRecorder:
             values.append(v)
             rest.append(r)
             summ.append(torch.take_along_dim(sm[bi, hi], rows[:, None, :], dim=-1))  # [n, 4, width]
+        rank = scalars[SCALARS.index(self.hc.rank_by)][bi[:, None], hi[:, None], rows]  # [n, width, ctx]
+        pairs = torch.take_along_dim(rank, rows[:, None, :], dim=-1)  # [n, width (query), width (key)]
         out = {
             "score": score.reshape(-1),
             "seq": bi + first,
@@ -295,6 +301,7 @@ class HeadRecorder:
             "values": torch.stack(values, 1),
             "rest": torch.stack(rest, 1),  # [n, scalar, width]
             "summaries": torch.stack(summ, 1),  # [n, scalar, 4, width]
+            "pairs": pairs,  # the ranking scalar between the shown tokens (lower triangle used)
         }
         return {f: t.reshape(*shape, *t.shape[1:]) for f, t in out.items()}
 
@@ -319,6 +326,7 @@ class HeadRecorder:
                     top_records=top,
                     random_records=rnd,
                     maxima=maxima([*top, *rnd]),
+                    moments=rounded(torch.tensor(moments_from_powers(state.sums["powers"][n].tolist(), self.n_pairs))),
                 )
             )
         return out

@@ -19,6 +19,7 @@ from sitegen.cache.feature_data import (
     Hover,
     IntervalGroup,
     ListedHover,
+    NeuronRecords,
     Ranked,
     TokenValues,
 )
@@ -55,6 +56,7 @@ class FeatureTensors:
     corr_neurons: RankedRows
     corr_features: RankedRows
     neighbours: RankedRows
+    records: list[NeuronRecords]  # [B]
 
 
 def ranked(r: RankedRows) -> list[Ranked]:
@@ -143,6 +145,7 @@ def feature_data(ft: FeatureTensors) -> list[FeatureData]:
     align, corr_n = ranked(ft.alignment), ranked(ft.corr_neurons)
     corr_f, neigh = ranked(ft.corr_features), ranked(ft.neighbours)
     dead, n_tok, n_bad, n_neg = st.dead.tolist(), ft.n_tokens.tolist(), ft.n_nonfinite.tolist(), st.n_neg.tolist()
+    n_pos = st.n_pos.tolist()
     out = []
     for r, feature in enumerate(ft.ids):
         groups = examples[r]
@@ -164,6 +167,7 @@ def feature_data(ft: FeatureTensors) -> list[FeatureData]:
                 dead=dead[r],
                 n_tokens=n_tok[r],
                 n_nonfinite=n_bad[r],
+                n_active=n_pos[r],
                 density=dens[r],
                 max_act=max_act[r],
                 mean_nonzero_act=mean[r],
@@ -180,6 +184,7 @@ def feature_data(ft: FeatureTensors) -> list[FeatureData]:
                 decoder_neighbours=neigh[r],
                 top_tokens=top_tokens[r],
                 hover_basis=basis[r],
+                records=ft.records[r],
             )
         )
     return out

@@ -14,6 +14,7 @@ JSON schema (``v`` 2)::
      "act_hist": [[edges...], [counts...]],           # over non-zero activations
      "logit_hist": [[edges...], [counts...]],         # over the vocabulary
      "groups": [[<example>, ...], ...],               # top, intervals (highest first), negative
+     "splits": [<split> | null per top example],       # neuron-explainer split of its sequence's record
      ...one of the two hover encodings below}
     example = [seq, pos, start, [<token index>...], <per-token numbers>]
     (tokens without numbers have activation 0 and no hover)
@@ -65,7 +66,8 @@ from sitegen.errors import SitegenError
 from sitegen.hooks import hook_layer
 from sitegen.render.embed import compact_number, compact_numbers, float24, packed_floats
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: "splits"
+SPLITS = ("train", "calibration", "valid", "test")  # neuron-explainer's top-record splits, interleaved
 NAN = float("nan")  # a record's loss effect where the token has no hover
 
 # (FeatureData field, title, caption, id column, value column, extra column, ids are features)
@@ -123,6 +125,21 @@ class TokenIndex:
         order = sorted(ids, key=lambda i: (-ids[i], i))
         self.index = {tok: n for n, tok in enumerate(order)}
         self.texts = [token_text(texts, i) for i in order]
+
+
+def example_splits(fd: FeatureData) -> list[str | None]:
+    """Per top example, the neuron-explainer split its sequence's record is in (the NeuronRecord
+    export's top records, interleaved train / calibration / valid / test), None when its
+    sequence is not among them."""
+    if fd.records is None:
+        return [None] * len(fd.top_examples)
+    rank = {r.seq: n for n, r in reversed(list(enumerate(fd.records.top)))}
+    n_top = len(fd.records.top)
+    per = n_top // len(SPLITS)
+    return [
+        SPLITS[rank[ex.seq] % len(SPLITS)] if ex.seq in rank and rank[ex.seq] < per * len(SPLITS) else None
+        for ex in fd.top_examples
+    ]
 
 
 def example_groups(fd: FeatureData) -> list[IntervalGroup | list[Example]]:
@@ -237,6 +254,7 @@ def feature_page_json(
         "tokens": tokens.texts,
         "act_hist": [compact_numbers(fd.act_histogram.edges), fd.act_histogram.counts],
         "logit_hist": [compact_numbers(fd.logit_histogram.edges), fd.logit_histogram.counts],
+        "splits": example_splits(fd),
     }
     if direct:
         rec = DirectRecords(fd.hover_basis)

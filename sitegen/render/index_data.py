@@ -2,13 +2,15 @@
 built feature of every dictionary, and one for every built attention head, loaded
 with a plain ``<script src>`` (so it works from file://) as ``window.SITEGEN_INDEX``.
 
-Schema (``v`` 2), one entry per row in every column array::
+Schema (``v`` 3), one entry per row in every column array::
 
-    {"v": 2, "dicts": [<dictionary name>, ...], "tokens": [<display text>, ...],
+    {"v": 3, "dicts": [<dictionary name>, ...], "tokens": [<display text>, ...],
      "d": [<dict index>...], "id": [<feature id>...], "density": [...], "max": [...],
      "top": [[<token index>, ...], ...],          # most frequent tokens at the top activations
      "dead": [<row>...],                           # rows of dead features
      "notes": [[<row>, <plain-text snippet>], ...],  # rows with a note
+     "expl": [[<row>, <text>, <score> | null], ...],  # rows with an explanation (v 3): the best
+                                                      # one's text (first 200 characters) and score
      "heads": {                                    # attention heads (v 2), one entry per head:
         "d": [<dict index>...], "id": [<head id>...], "layer": [...], "head": [...],
         "entropy": [...],     # mean attention entropy over counted queries (nats)
@@ -29,7 +31,7 @@ from sitegen.cache.head_data import HeadData
 from sitegen.render.embed import compact_number, script_safe_json
 from sitegen.render.feature_page import token_text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: "expl", the best explanation of each explained feature
 INDEX_DATA_PATH = "assets/index-data.js"
 
 
@@ -42,6 +44,8 @@ class IndexRow:
     max_act: float
     top_tokens: list[str]
     snippet: str  # plain text, "" without a note
+    explanation: str = ""  # the best explanation's text (plain, cut), "" without one
+    explanation_score: float | None = None  # its score, None without one
 
 
 @dataclass
@@ -83,7 +87,14 @@ def heads_json(rows: list[HeadRow]) -> dict:
     return out
 
 
-def index_row(fd: FeatureData, dict_index: int, texts: dict[int, str], snippet: str) -> IndexRow:
+def index_row(
+    fd: FeatureData,
+    dict_index: int,
+    texts: dict[int, str],
+    snippet: str,
+    explanation: str = "",
+    explanation_score: float | None = None,
+) -> IndexRow:
     return IndexRow(
         dict_index,
         fd.feature,
@@ -92,6 +103,8 @@ def index_row(fd: FeatureData, dict_index: int, texts: dict[int, str], snippet: 
         fd.max_act,
         [token_text(texts, i) for i in fd.top_tokens.token_ids],
         snippet,
+        explanation,
+        explanation_score,
     )
 
 
@@ -111,6 +124,11 @@ def index_json(all_rows: Sequence[Row], dictionary_names: list[str]) -> dict:
         "top": [[index[t] for t in r.top_tokens] for r in rows],
         "dead": [n for n, r in enumerate(rows) if r.dead],
         "notes": [[n, r.snippet] for n, r in enumerate(rows) if r.snippet],
+        "expl": [
+            [n, r.explanation, None if r.explanation_score is None else compact_number(r.explanation_score)]
+            for n, r in enumerate(rows)
+            if r.explanation
+        ],
         "heads": heads_json([r for r in all_rows if isinstance(r, HeadRow)]),
     }
 

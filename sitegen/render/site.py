@@ -4,15 +4,14 @@ the output and moved into place only when complete.
 Layout: ``index.html``, ``assets/index-data.js``, ``features/<dict index>/<id>.html`` (a
 feature's page, or an attention head's: ``head_page.py``), ``prompts/<slug>.html`` (a prompt's
 page: ``prompt_page.py``),
-``about.html``, ``<page>.html`` for each ``pages/*.md``, ``404.html``, ``.nojekyll``.
+``about.html``, ``<page>.html`` for each ``pages/*.md``, ``404.html``, ``.nojekyll``, and
+``export/<format>/`` for each format ``site.export`` lists (``sitegen.export``).
 Every page inlines the CSS (and its script), so a page works alone from file://.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -37,8 +36,18 @@ from sitegen.cache.manifest import read_manifest
 from sitegen.cache.prompt_data import PromptData
 from sitegen.config import Config
 from sitegen.errors import SitegenError
+from sitegen.export import FORMATS, ExportInput, site_formats, write_format
+from sitegen.folders import replace_folder
 from sitegen.render.assets import bundled_dir, static_markup
 from sitegen.render.embed import compact_number, script_json_markup
+from sitegen.render.explanations import (
+    Explanation,
+    Explanations,
+    best_explanation,
+    explanation_views,
+    load_explanations,
+    site_dictionaries,
+)
 from sitegen.render.feature_page import feature_page_context, feature_page_json
 from sitegen.render.head_page import LayerLinks, head_page_context, head_page_json
 from sitegen.render.index_data import INDEX_DATA_PATH, IndexRow, Row, head_row, index_row, index_script
@@ -118,9 +127,17 @@ class SiteWriter:
     makes its own SiteWriter from the same arguments (``worker_factory``)."""
 
     def __init__(
-        self, root: Path, cache: Path, cfg: Config, manifest: dict, notes: dict[str, dict[int, str]], pages: list[Page]
+        self,
+        root: Path,
+        cache: Path,
+        cfg: Config,
+        manifest: dict,
+        notes: dict[str, dict[int, str]],
+        pages: list[Page],
+        explanations: Explanations | None = None,
     ):
-        self.args = (root, cache, cfg, manifest, notes, pages)
+        self.args = (root, cache, cfg, manifest, notes, pages, explanations)
+        self.explanations = explanations or {}  # site.explanations, best first (render/explanations.py)
         self.prompt_notes = {i: pc.note for i, pc in enumerate(cfg.prompts) if pc.note}
         self.root, self.cache, self.manifest, self.notes = root, cache, manifest, notes
         self.pages = [p for p in pages if p.name != "about"]
@@ -138,6 +155,8 @@ class SiteWriter:
         self.prompt_site = PromptSite(self.summaries, notes)
         check_prompts(self.prompts, self.prompt_site)
         self.appearances = prompt_appearances(self.prompts, self.prompt_site)
+        # site.export: each format's files at export/<format>/, linked from the pages
+        self.cfg, self.exports = cfg, {name: FORMATS[name] for name in site_formats(cfg)}
 
     def worker_factory(self) -> partial[SiteWriter]:
         """A picklable callable that makes this SiteWriter again (in a worker process)."""
@@ -170,6 +189,7 @@ class SiteWriter:
         prompts = [self.write_prompt(pd) for pd in self.prompts]
         self.write_index(rows, listings, prompts)
         self.write_pages(listings)
+        self.write_exports()
 
     def write_index(
         self, rows: Sequence[Row], listings: list[DictionaryListing], prompts: list[PromptListing] | None = None
@@ -200,6 +220,17 @@ class SiteWriter:
             self.render(f"{page.name}.html", "page.html", page_title=page.title, body=page.html, page_css=page_css)
         self.render("404.html", "404.html", page_css=page_css, js=static_markup("notfound.js"))
 
+    def write_exports(self) -> None:
+        """Each format ``site.export`` lists, at ``export/<format>/``."""
+        inp = ExportInput(self.cache, self.manifest, self.summaries, self.texts, self.cfg)
+        for name in self.exports:
+            write_format(name, inp, self.root / "export" / name)
+
+    def export_links(self, index: int, summary: DictionarySummary, feature: int) -> list[tuple[str, str]]:
+        """(format, path under export/<format>/) of each exported file holding this feature."""
+        paths = [(name, fmt.feature_path(summary, index, feature)) for name, fmt in self.exports.items()]
+        return [(name, path) for name, path in paths if path is not None]
+
     def nav(self, index: int, summary: DictionarySummary, feature: int) -> tuple[int | None, int | None]:
         """The previous and next built ids around a cached ``feature`` of dictionary ``index``."""
         if index not in self.built:
@@ -218,17 +249,21 @@ class SiteWriter:
         """The pages of one batch file of dictionary ``index``; returns their index rows."""
         summary = self.summaries[index]
         notes = self.notes.get(summary.name, {})
+        explained = self.explanations.get(summary.name, {})
         rows: list[Row] = []
         if summary.kind == HEADS_KIND:
             for hd in read_head_batch(path):
-                self.write_head(index, summary, hd, self.nav(index, summary, hd.feature), notes.get(hd.feature))
+                nav = self.nav(index, summary, hd.feature)
+                self.write_head(index, summary, hd, nav, notes.get(hd.feature), explained.get(hd.feature, []))
                 rows.append(head_row(hd, index))
             return rows
         for fd in read_batch(path):
             nav = self.nav(index, summary, fd.feature)
             note = notes.get(fd.feature)
-            self.write_feature(index, summary, fd, nav, note, self.built[index].set)
-            rows.append(index_row(fd, index, self.texts, plain_snippet(note) if note else ""))
+            listed = explained.get(fd.feature, [])
+            self.write_feature(index, summary, fd, nav, note, self.built[index].set, listed)
+            snippet = plain_snippet(note) if note else ""
+            rows.append(index_row(fd, index, self.texts, snippet, *best_explanation(listed)))
         return rows
 
     def listing(self, summary: DictionarySummary, rows: list[Row]) -> DictionaryListing:
@@ -250,6 +285,7 @@ class SiteWriter:
         nav: tuple[int | None, int | None],
         note: str | None,
         built: set[int],
+        explanations: Sequence[Explanation] = (),
     ) -> None:
         data = feature_page_json(fd, index, nav, self.texts)
         context = feature_page_context(fd, summary, built, self.texts, markdown_html(note) if note else None)
@@ -258,7 +294,9 @@ class SiteWriter:
             "feature.html",
             **context,
             unit="neuron" if summary.kind == "neurons" else "feature",
+            explanations=explanation_views(explanations),
             appearances=self.appearances.get((index, fd.feature), []),
+            export_links=self.export_links(index, summary, fd.feature),
             layer_heads=self.links.head_groups(summary.layer(), index),
             prev_id=nav[0],
             next_id=nav[1],
@@ -274,6 +312,7 @@ class SiteWriter:
         hd: HeadData,
         nav: tuple[int | None, int | None],
         note: str | None,
+        explanations: Sequence[Explanation] = (),
     ) -> None:
         data = head_page_json(hd, index, nav, self.texts)
         context = head_page_context(hd, summary, index, self.links, self.texts, markdown_html(note) if note else None)
@@ -281,7 +320,9 @@ class SiteWriter:
             f"features/{index}/{hd.feature}.html",
             "head.html",
             **context,
+            explanations=explanation_views(explanations),
             appearances=self.appearances.get((index, hd.feature), []),
+            export_links=self.export_links(index, summary, hd.feature),
             prev_id=nav[0],
             next_id=nav[1],
             data_json=script_json_markup(data),
@@ -369,22 +410,6 @@ def is_replaceable(out_dir: Path) -> bool:
     )
 
 
-def replace_folder(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing ``target`` is renamed aside first and
-    deleted only once the new folder is in place."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
-    os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def render_site(cache_dir: Path, cfg: Config, out_dir: Path, *, workers: int | None = None) -> Path:
     """Build the site for the feature cache ``cache_dir`` into ``out_dir``; returns ``out_dir``.
     A failed render leaves a previous site at ``out_dir`` untouched. ``workers``: processes
@@ -393,13 +418,15 @@ def render_site(cache_dir: Path, cfg: Config, out_dir: Path, *, workers: int | N
     manifest = read_manifest(cache_dir)
     notes = load_notes(cfg.resolve(cfg.site.notes), dictionary_summaries(manifest)) if cfg.site.notes else {}
     pages = load_pages(cfg.resolve(cfg.site.pages)) if cfg.site.pages else []
+    summaries = dictionary_summaries(manifest)
+    explanations = load_explanations(cfg, site_dictionaries(summaries)) if cfg.site.explanations else {}
     if not is_replaceable(out_dir):
         raise SitegenError(f"{out_dir}: exists and is not a site made by sitegen; remove it or choose another 'out'")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         tmp.chmod(0o755)
-        SiteWriter(tmp, cache_dir, cfg, manifest, notes, pages).write_all(workers)
+        SiteWriter(tmp, cache_dir, cfg, manifest, notes, pages, explanations).write_all(workers)
         replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ from sitegen.sources.dictionaries import Dictionary, SAEDictionary, load_diction
 from sitegen.sources.heads import HeadDictionary, load_heads
 from sitegen.sources.model import load_model
 from sitegen.sources.prompts import Prompt, load_prompts
-from sitegen.sources.tokens import token_texts
+from sitegen.sources.tokens import raw_token_texts, token_texts
 
 
 @dataclass
@@ -30,6 +30,9 @@ class Sources:
 
     def token_texts(self, ids: list[int]) -> list[str]:
         return token_texts(self.model.tokenizer, ids)
+
+    def raw_token_texts(self, ids: list[int]) -> list[str]:
+        return raw_token_texts(self.model.tokenizer, ids)
 
 
 def tensor_digest(tensors: list[torch.Tensor]) -> str:

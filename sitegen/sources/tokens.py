@@ -27,6 +27,13 @@ def display_text(raw: str) -> str:
     return text
 
 
+def raw_token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each token id decoded alone, as the tokenizer gives it (exports: NeuronRecord tokens)."""
+    if tokenizer is None:
+        return [f"#{i}" for i in ids]
+    return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+
+
 def token_texts(tokenizer, ids: list[int]) -> list[str]:
     """Display string of each token id (alone, without its neighbours)."""
     if tokenizer is None:
