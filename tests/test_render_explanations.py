@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -251,11 +252,6 @@ def plain(change) -> str:
         ),
         (
             "a.jsonl",
-            ne(lambda o: o["neuron_id"].update(neuron_index=1)),
-            ["line 2: neuron_id.neuron_index: feature 1", "not built"],
-        ),
-        (
-            "a.jsonl",
             ne(lambda o: o["neuron_id"].update(neuron_index=4096)),
             ["line 2: neuron_id.neuron_index: feature 4096 is out of range ('mlp' has 2,048)"],
         ),
@@ -286,10 +282,14 @@ def plain(change) -> str:
         ),
         (
             "a.yaml",
+            plain(lambda r: r.update(feature=4096)),
+            ["a.yaml: line 5: feature: feature 4096 is out of range ('sae' has 4,096)"],
+        ),
+        (
+            "a.yaml",
             plain(lambda r: r.update(dictionary="nope")),
             ["a.yaml: line 5: dictionary: no site dictionary 'nope'"],
         ),
-        ("a.yaml", plain(lambda r: r.update(feature=3)), ["a.yaml: line 5: feature: feature 3 of 'sae' is not built"]),
         ("a.yaml", plain(lambda r: r.update(feature=-1)), ["a.yaml: line 5: feature: expected a feature id"]),
         ("a.yaml", plain(lambda r: r.pop("explanation")), ["a.yaml: line 5: explanation: missing"]),
         (
@@ -323,6 +323,40 @@ def test_bad_files_are_one_line_errors(tmp_path, name, text, needles):
     one_line(err, str(tmp_path / name), *needles)
 
 
+def test_explanations_of_unbuilt_features_are_skipped(tmp_path, caplog):
+    """A dump over a whole dictionary serves a site that builds some of its features: those of
+    the others are left out, one message per file saying how many."""
+    caplog.set_level(logging.INFO, logger="sitegen")
+    full = load(tmp_path, ENTRIES)
+    assert not [r for r in caplog.messages if "not built" in r]  # all built: no message
+    some = [
+        SiteDictionary("sae", "sae", (6,), 4096, frozenset({0, 7})),
+        SiteDictionary("mlp", "neurons", (2,), 2048, frozenset({3})),
+    ]
+    built = {d.name: d.built for d in some}
+    caplog.clear()
+    got = load(tmp_path, ENTRIES, some)
+    kept = {name: {f: v for f, v in features.items() if f in built[name]} for name, features in full.items()}
+    assert got == {name: features for name, features in kept.items() if features}
+    assert sorted(got["sae"]) == [0, 7] and sorted(got["mlp"]) == [3]
+    skipped: dict[str, int] = {}
+    for e in flat(full):
+        if e.feature not in built[e.dictionary]:
+            skipped[e.file] = skipped.get(e.file, 0) + 1
+    assert skipped == {  # every format: a file's explanations of built features kept, the others skipped
+        "expl/neuron-explainer.jsonl": 2,  # mlp 0, 5
+        "expl/neuronpedia.json": 2,  # sae 1, 2
+        "expl/delphi-run": 1,  # sae 2
+        "expl/plain.yaml": 1,  # mlp 0
+        "expl/plain.csv": 2,  # sae 1, mlp 5
+    }
+    assert sorted(m for m in caplog.messages if "not built" in m) == sorted(
+        f"[sitegen] explanations: {file}: {n} explanation{'s' if n != 1 else ''} of features not built in this "
+        "site skipped"
+        for file, n in skipped.items()
+    )
+
+
 @pytest.mark.parametrize(
     "relative, text, needles",
     [
@@ -344,16 +378,16 @@ def test_bad_files_are_one_line_errors(tmp_path, name, text, needles):
             ["explanations/layers.6_latent0.txt: expected a JSON string"],
         ),
         (
-            "explanations/layers.6_latent1.txt",
-            '"x"',
-            ["explanations/layers.6_latent1.txt: latent: feature 1 of 'sae' is not built"],
-        ),
-        (
             "explanations/notes.txt",
             '"x"',
             ["explanations/notes.txt: file name: expected delphi's <module>_latent<N>.txt"],
         ),
         ("explanations/blocks.6.mlp_latent0.txt", '"x"', ["module 'blocks.6.mlp'", "'dictionary:'"]),
+        (
+            "explanations/layers.6_latent4096.txt",
+            '"x"',
+            ["explanations/layers.6_latent4096.txt: latent: feature 4096 is out of range ('sae' has 4,096)"],
+        ),
     ],
 )
 def test_bad_delphi_runs_are_one_line_errors(tmp_path, relative, text, needles):
@@ -535,10 +569,10 @@ def test_head_pages_list_explanations(tmp_path):
 
 def test_render_loads_explanations_before_writing(tmp_path):
     write_cache(tmp_path / "cache", SPECS)
-    write(tmp_path, "bad.yaml", "- {dictionary: sae, feature: 3, explanation: x}\n")
+    write(tmp_path, "bad.yaml", "- {dictionary: sae, feature: 4096, explanation: x}\n")
     cfg = site_config(tmp_path)
     cfg.site.explanations = ["bad.yaml"]
-    with pytest.raises(SitegenError, match="not built"):
+    with pytest.raises(SitegenError, match="out of range"):
         render_site(tmp_path / "cache", cfg, tmp_path / "site")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "cache"]
 
@@ -574,8 +608,8 @@ def test_cli_render_with_explanations(monkeypatch, capsys, tmp_path):
     [
         (
             "bad.yaml",
-            "- {dictionary: sae, feature: 3, explanation: x}\n",
-            ["bad.yaml: line 1: feature: feature 3", "not built"],
+            "- {dictionary: sae, feature: 4096, explanation: x}\n",
+            ["bad.yaml: line 1: feature: feature 4096 is out of range"],
         ),
         (
             "bad.yaml",
@@ -606,7 +640,12 @@ def test_cli_validate_checks_explanations(monkeypatch, capsys, tiny_config):
     assert code == 0, err
     assert "explanations: 1 for 1 features (sae: 1)" in out and "config OK" in out
     write(root, "ok.yaml", "- {dictionary: neurons, feature: 20, explanation: x}\n")  # neurons builds 0:16
-    expect_error(monkeypatch, capsys, tiny_config, "ok.yaml: line 1: feature: feature 20 of 'neurons' is not built")
+    code, out, err = run_cli(monkeypatch, capsys, "validate", "--config", str(tiny_config))
+    assert code == 0, err
+    assert "explanations: 0 for 0 features" in out
+    assert "[sitegen] explanations: ok.yaml: 1 explanation of features not built in this site skipped" in err
+    write(root, "ok.yaml", "- {dictionary: neurons, feature: 1000000, explanation: x}\n")
+    expect_error(monkeypatch, capsys, tiny_config, "ok.yaml: line 1: feature: feature 1000000 is out of range")
 
 
 def test_pool_render_is_byte_identical(site, tmp_path):
