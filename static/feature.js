@@ -3,20 +3,14 @@
 // and navigates with the keyboard.
 (function () {
   "use strict";
+  var el = sitegenDom.el, svg = sitegenDom.svg, signed = sitegenDom.signed, signClass = sitegenDom.signClass;
+  var floats24 = sitegenDom.floats24;
   var D = JSON.parse(document.getElementById("data").textContent);
-  var T = D.tokens, NS = "http://www.w3.org/2000/svg", maxAct = D.max_act, minAct = 0, maxLoss = 0;
+  var T = D.tokens, maxAct = D.max_act, minAct = 0, maxLoss = 0;
 
   // Every example becomes ex[4] = activation per token, ex[5] = {offset: {loss, up: [token
   // indexes, changes], down: [...]}}, from either hover encoding (feature_page.py).
   function r4(x) { return +x.toPrecision(4); }
-  function floats24(s) {  // base64 of big-endian 24-bit floats (float32 less its low byte)
-    var b = atob(s), v = new DataView(new ArrayBuffer(4)), out = [];
-    for (var i = 0; i + 2 < b.length; i += 3) {
-      v.setUint32(0, (b.charCodeAt(i) << 24 | b.charCodeAt(i + 1) << 16 | b.charCodeAt(i + 2) << 8) >>> 0);
-      out.push(v.getFloat32(0));
-    }
-    return out;
-  }
   // Direct hovers: the changes are affine in u, through (lowest u, r[2]) and (highest u, r[3]);
   // each is known to 2^-16 of the larger end, so shown to no more decimals than that.
   function changes(side, r) {
@@ -69,20 +63,6 @@
     });
   });
 
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text != null) e.textContent = text;
-    return e;
-  }
-  function svg(tag, attrs, parent) {
-    var e = document.createElementNS(NS, tag);
-    for (var k in attrs) e.setAttribute(k, attrs[k]);
-    parent.appendChild(e);
-    return e;
-  }
-  function signed(x) { return (x > 0 ? "+" : "") + x; }
-  function signClass(x) { return x > 0 ? "pos" : x < 0 ? "neg" : ""; }
 
   // Bars of a histogram [edges, counts] in an SVG of 300 x 96; returns value -> x.
   function histogram(box, h, unit, colour) {

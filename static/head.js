@@ -3,17 +3,10 @@
 // on hover, tap or focus, and opens one record at a time as a query x key heat map.
 (function () {
   "use strict";
+  var el = sitegenDom.el, svg = sitegenDom.svg, floats24 = sitegenDom.floats24;
   var D = JSON.parse(document.getElementById("data").textContent);
-  var T = D.tokens, M = D.maxima, NS = "http://www.w3.org/2000/svg", SUMS = ["total in", "max in", "total out", "max out"];
+  var T = D.tokens, M = D.maxima, SUMS = ["total in", "max in", "total out", "max out"];
   function r4(x) { return +x.toPrecision(4); }
-  function floats24(s) {  // base64 of big-endian 24-bit floats (float32 less its low byte)
-    var b = atob(s), v = new DataView(new ArrayBuffer(4)), out = [];
-    for (var i = 0; i + 2 < b.length; i += 3) {
-      v.setUint32(0, (b.charCodeAt(i) << 24 | b.charCodeAt(i + 1) << 16 | b.charCodeAt(i + 2) << 8) >>> 0);
-      out.push(v.getFloat32(0));
-    }
-    return out;
-  }
   var F = floats24(D.h), at = 0;
   function take(n) { at += n; return F.slice(at - n, at).map(r4); }
   function norm(x, max) { return max > 0 ? Math.max(x, 0) / max : 0; }
@@ -38,18 +31,6 @@
   function checked(name) { return document.querySelector("input[name=" + name + "]:checked").value; }
   var sc = +checked("scalar"), dir = checked("dir"), agg = +checked("agg"), cur = null, open = null;
 
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text != null) e.textContent = text;
-    return e;
-  }
-  function svg(tag, attrs, parent) {
-    var e = document.createElementNS(NS, tag);
-    for (var k in attrs) e.setAttribute(k, attrs[k]);
-    parent.appendChild(e);
-    return e;
-  }
   function shade(s, x) { if (x == null) s.style.removeProperty("--a"); else s.style.setProperty("--a", x); }
 
   // The pairs a selected column c shows, as [column, value]: "in", the kept keys it reads from

@@ -3,27 +3,14 @@
 // filters and shows 50 rows at a time; a node's note on hover. Strings are set as text only.
 (function () {
   "use strict";
+  var el = sitegenDom.el, svg = sitegenDom.svg, signed = sitegenDom.signed, sign = sitegenDom.signClass;
   var D = JSON.parse(document.getElementById("data").textContent);
-  var T = D.tokens, NS = "http://www.w3.org/2000/svg", STEP = 50, H = 15;
+  var T = D.tokens, STEP = 50, H = 15;
   var $ = function (id) { return document.getElementById(id); };
   var unlinked = {}, notes = {};
   D.unlinked.forEach(function (p) { unlinked[p[0] + ":" + p[1]] = 1; });
   D.notes.forEach(function (n) { notes[n[0] + ":" + n[1]] = n[2]; });
 
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text != null) e.textContent = text;
-    return e;
-  }
-  function svg(tag, attrs, parent) {
-    var e = document.createElementNS(NS, tag);
-    for (var k in attrs) e.setAttribute(k, attrs[k]);
-    parent.appendChild(e);
-    return e;
-  }
-  function signed(x) { return (x > 0 ? "+" : "") + x; }
-  function sign(x) { return x > 0 ? "pos" : x < 0 ? "neg" : ""; }
   function r4(x) { return +x.toPrecision(4); }
   function table(rows) {  // the first row is the header
     var t = el("table", "tbl");

@@ -300,7 +300,7 @@ def test_static_budget():
     # 30 KB before attention-head pages (head.js, head.css: tests/test_render_heads.py), 36 KB before
     # prompt pages (prompt.js, prompt.css: tests/test_render_prompts.py)
     assert raw <= 48 * 1024
-    inlined = sum(len(static_markup(n).encode()) for n in ("site.css", "feature.css", "feature.js"))
+    inlined = sum(len(static_markup(n).encode()) for n in ("site.css", "feature.css", "dom.js", "feature.js"))
     assert inlined <= 12 * 1024
     for name in ("feature.js", "index.js", "notfound.js"):
         assert "</script" not in static_markup(name) and "<!--" not in static_markup(name)

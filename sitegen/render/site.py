@@ -302,7 +302,7 @@ class SiteWriter:
             next_id=nav[1],
             data_json=script_json_markup(data),
             page_css=static_markup("feature.css"),
-            js=static_markup("feature.js"),
+            js=static_markup("dom.js") + static_markup("feature.js"),
         )
 
     def write_head(
@@ -327,7 +327,7 @@ class SiteWriter:
             next_id=nav[1],
             data_json=script_json_markup(data),
             page_css=static_markup("feature.css") + static_markup("head.css"),
-            js=static_markup("head.js"),
+            js=static_markup("dom.js") + static_markup("head.js"),
         )
 
     def write_prompt(self, pd: PromptData) -> PromptListing:
@@ -339,7 +339,7 @@ class SiteWriter:
             note_html=markdown_html(note) if (note := self.prompt_notes.get(pd.index)) else None,
             data_json=script_json_markup(prompt_page_json(pd, self.prompt_site, self.texts)),
             page_css=static_markup("feature.css") + static_markup("prompt.css"),
-            js=static_markup("prompt.js"),
+            js=static_markup("dom.js") + static_markup("prompt.js"),
         )
         return prompt_listing(pd, self.texts)
 
