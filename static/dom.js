@@ -1,5 +1,5 @@
 // sitegen's page helpers, inlined before each page's own script (feature, head and prompt pages):
-// elements whose text is set with textContent only, SVG elements, numbers, and the 24-bit floats
+// elements whose text is set with textContent only, SVG elements, tables, numbers, and the 24-bit floats
 // of sitegen/render/embed.py packed_floats.
 var sitegenDom = (function () {
   "use strict";
@@ -16,6 +16,17 @@ var sitegenDom = (function () {
     parent.appendChild(e);
     return e;
   }
+  function table(rows) {  // the first row is the header; a cell is text or an element
+    var t = el("table", "tbl");
+    rows.forEach(function (r, i) {
+      var tr = t.appendChild(el("tr"));
+      r.forEach(function (x) {
+        var cell = tr.appendChild(el(i ? "td" : "th"));
+        if (x && x.nodeType) cell.appendChild(x); else cell.textContent = x;
+      });
+    });
+    return t;
+  }
   function signed(x) { return (x > 0 ? "+" : "") + x; }
   function signClass(x) { return x > 0 ? "pos" : x < 0 ? "neg" : ""; }
   function floats24(s) {  // base64 of big-endian 24-bit floats (float32 less its low byte)
@@ -26,5 +37,5 @@ var sitegenDom = (function () {
     }
     return out;
   }
-  return {NS: NS, el: el, svg: svg, signed: signed, signClass: signClass, floats24: floats24};
+  return {NS: NS, el: el, svg: svg, table: table, signed: signed, signClass: signClass, floats24: floats24};
 })();

@@ -3,7 +3,7 @@
 // on hover, tap or focus, and opens one record at a time as a query x key heat map.
 (function () {
   "use strict";
-  var el = sitegenDom.el, svg = sitegenDom.svg, floats24 = sitegenDom.floats24;
+  var el = sitegenDom.el, svg = sitegenDom.svg, table = sitegenDom.table, floats24 = sitegenDom.floats24;
   var D = JSON.parse(document.getElementById("data").textContent);
   var T = D.tokens, M = D.maxima, SUMS = ["total in", "max in", "total out", "max out"];
   function r4(x) { return +x.toPrecision(4); }
@@ -126,17 +126,6 @@
   }
 
   var tip = document.getElementById("tip");
-  function table(rows) {
-    var t = el("table", "tbl");
-    rows.forEach(function (r, i) {
-      var tr = t.appendChild(el("tr"));
-      r.forEach(function (x) {
-        var cell = tr.appendChild(el(i ? "td" : "th"));
-        if (x && x.nodeType) cell.appendChild(x); else cell.textContent = x;
-      });
-    });
-    return t;
-  }
   function showTip(rec, c) {
     var col = rec.cols[c], name = D.scalars[sc], m = M[sc], ps = pairs(rec, c);
     tip.textContent = "";

@@ -3,7 +3,7 @@
 // filters and shows 50 rows at a time; a node's note on hover. Strings are set as text only.
 (function () {
   "use strict";
-  var el = sitegenDom.el, svg = sitegenDom.svg, signed = sitegenDom.signed, sign = sitegenDom.signClass;
+  var el = sitegenDom.el, svg = sitegenDom.svg, table = sitegenDom.table, signed = sitegenDom.signed, sign = sitegenDom.signClass;
   var D = JSON.parse(document.getElementById("data").textContent);
   var T = D.tokens, STEP = 50, H = 15;
   var $ = function (id) { return document.getElementById(id); };
@@ -12,17 +12,6 @@
   D.notes.forEach(function (n) { notes[n[0] + ":" + n[1]] = n[2]; });
 
   function r4(x) { return +x.toPrecision(4); }
-  function table(rows) {  // the first row is the header
-    var t = el("table", "tbl");
-    rows.forEach(function (r, i) {
-      var tr = t.appendChild(el("tr"));
-      r.forEach(function (x) {
-        var cell = tr.appendChild(el(i ? "td" : "th"));
-        if (x && x.nodeType) cell.appendChild(x); else cell.textContent = x;
-      });
-    });
-    return t;
-  }
 
   // Token strip: per token a stacked bar of its layers' attention and MLP act x grad (positive
   // parts up from the middle, negative down), on one scale for the whole prompt.

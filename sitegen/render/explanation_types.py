@@ -8,7 +8,6 @@ import gzip
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from sitegen.errors import SitegenError
 from sitegen.report import log
+from sitegen.text import visible
 
 FORMATS = ("neuron-explainer", "neuronpedia", "delphi", "plain")
 ENTRY_KEYS = ("path", "format", "dictionary")
@@ -91,15 +91,7 @@ class ExplanationSource:
 def clean_text(raw: str) -> str:
     """An untrusted explanation as one bounded line of visible text: whitespace runs become one
     space, control, format (bidi, zero-width) and other invisible characters ``\\uXXXX``."""
-    out = []
-    for ch in raw:
-        if ch.isspace():
-            out.append(" ")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        else:
-            out.append(ch)
-    text = " ".join("".join(out).split())
+    text = " ".join(visible(" ".join(raw.split())).split())
     if len(text) > MAX_TEXT_CHARS:
         text = text[: MAX_TEXT_CHARS - 1].rstrip() + "\u2026"
     return text

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from sitegen.errors import SitegenError
 from sitegen.render.embed import compact_number, compact_numbers
 from sitegen.render.feature_page import TokenIndex, token_text
 from sitegen.render.markup import plain_snippet
+from sitegen.text import visible
 
 SCHEMA_VERSION = 1
 N_LINKED = 20  # a node page links back to each prompt whose first N_LINKED nodes hold it
@@ -84,13 +84,7 @@ DEFINITIONS = [
 def visible_text(text: str) -> str:
     """A prompt's text with control, bidi and zero-width characters made visible (\\uXXXX);
     newlines and tabs kept (the page shows it with white-space: pre-wrap)."""
-    out = []
-    for ch in text:
-        if ch not in "\n\t" and unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return visible(text, keep="\n\t")
 
 
 def text_snippet(text: str) -> str:

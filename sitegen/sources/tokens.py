@@ -5,7 +5,7 @@ HTML/JSON happens in the renderer."""
 
 from __future__ import annotations
 
-import unicodedata
+from sitegen.text import escaped
 
 MAX_TOKEN_CHARS = 48
 VISIBLE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u21e5"}  # ↵ ␍ ⇥
@@ -15,12 +15,7 @@ def display_text(raw: str) -> str:
     """Make whitespace-like and invisible characters visible; cap the length."""
     out = []
     for ch in raw:
-        if ch in VISIBLE:
-            out.append(VISIBLE[ch])
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        else:
-            out.append(ch)
+        out.append(VISIBLE[ch] if ch in VISIBLE else escaped(ch))
     text = "".join(out)
     if len(text) > MAX_TOKEN_CHARS:
         text = f"{text[: MAX_TOKEN_CHARS - 1]}\u2026"
