@@ -18,6 +18,8 @@ from sitegen.errors import SitegenError
 from sitegen.report import log, show_messages
 
 if TYPE_CHECKING:
+    from sitegen.imports import RecordFolder
+    from sitegen.render.explanation_types import SiteDictionary
     from sitegen.sources import Sources
 
 CONFIG_OPTION = click.option(
@@ -53,6 +55,14 @@ def cache_dir(cfg: Config) -> Path:
     return cfg.resolve(cfg.cache)
 
 
+def describe_imports(folders: list[RecordFolder]) -> list[str]:
+    return [
+        f"dictionary '{f.name}': NeuronRecords imported from {f.path} (layers {', '.join(map(str, f.layers))}), "
+        f"{len(f.files)} records to build"
+        for f in folders
+    ]
+
+
 def describe(sources: Sources) -> str:
     m, data = sources.model, sources.data
     lines = [
@@ -70,6 +80,7 @@ def describe(sources: Sources) -> str:
             f"dictionary '{h.name}': attention heads of layers {', '.join(map(str, h.layers))} "
             f"({h.n_heads} query heads, {h.n_kv_heads} key/value heads per layer), {len(h.feature_ids)} heads to build"
         )
+    lines += describe_imports(sources.imports)
     lines.append(
         f"dataset: {data.tokens.shape[0]} sequences x {data.tokens.shape[1]} tokens = {data.tokens.numel()} "
         f"tokens ({int((~data.ignore).sum())} counted) from {data.n_documents} documents"
@@ -85,12 +96,24 @@ def load(config_path: Path) -> tuple[Config, Sources]:
     return cfg, load_sources(cfg)
 
 
-def explanations_line(cfg: Config, sources: Sources) -> str:
+def explanations_line(cfg: Config, dictionaries: list[SiteDictionary]) -> str:
     """Load ``site.explanations`` against the dictionaries the build makes (SitegenError on bad
     input); one line saying what they hold."""
-    from sitegen.render.explanations import load_explanations, source_dictionaries, summary_line
+    from sitegen.render.explanations import load_explanations, summary_line
 
-    return summary_line(load_explanations(cfg, source_dictionaries(sources)))
+    return summary_line(load_explanations(cfg, dictionaries))
+
+
+def built_dictionaries(sources: Sources) -> list[SiteDictionary]:
+    from sitegen.render.explanations import source_dictionaries
+
+    return source_dictionaries(sources)
+
+
+def import_dictionaries(folders: list[RecordFolder]) -> list[SiteDictionary]:
+    from sitegen.render.explanations import site_dictionaries
+
+    return site_dictionaries([f.summary() for f in folders])
 
 
 @click.group()
@@ -104,10 +127,20 @@ def cli() -> None:
 @CONFIG_OPTION
 def validate(config_path: Path) -> None:
     """Load and check every source; print a summary without computing features."""
-    cfg, sources = load(config_path)
-    click.echo(describe(sources))
+    from sitegen.config import load_config
+    from sitegen.imports import record_folders
+
+    cfg = load_config(config_path)
+    if not cfg.needs_model():  # imported NeuronRecords alone: no model, no dataset
+        folders = record_folders(cfg)
+        click.echo("\n".join(describe_imports(folders)))
+        dictionaries = import_dictionaries(folders)
+    else:
+        cfg, sources = load(config_path)
+        click.echo(describe(sources))
+        dictionaries = built_dictionaries(sources)
     if cfg.site.explanations:
-        click.echo(explanations_line(cfg, sources))
+        click.echo(explanations_line(cfg, dictionaries))
     click.echo("config OK")
 
 
@@ -117,26 +150,48 @@ def validate(config_path: Path) -> None:
 def build(config_path: Path, out: Path | None) -> None:
     """Compute every feature's data (resumable) and render the site."""
     from sitegen.config import load_config
-
-    out_dir = output_dir(load_config(config_path), out)
-    from sitegen.compute import build_feature_cache
     from sitegen.render import render_site
+
+    cfg = load_config(config_path)
+    out_dir = output_dir(cfg, out)
+    if not cfg.needs_model():
+        build_imports(cfg, out_dir)
+        return
+    from sitegen.compute import build_feature_cache
 
     cfg, sources = load(config_path)
     log.info(describe(sources))
     if cfg.site.explanations:  # checked before the model pass, not after it
-        log.info(f"[sitegen] {explanations_line(cfg, sources)}")
+        log.info(f"[sitegen] {explanations_line(cfg, built_dictionaries(sources))}")
     cache = cache_dir(cfg)
     stats = build_feature_cache(sources, cache)["stats"]
     n_features = sum(len(d.feature_ids) for d in sources.dictionaries)
     n_heads = sum(len(h.feature_ids) for h in sources.heads)
+    n_imported = sum(len(f.files) for f in sources.imports)
     log.info(
         f"[sitegen] {n_features} features"
         + (f" and {n_heads} attention heads" if n_heads else "")
+        + (f" (and {n_imported} imported NeuronRecords)" if n_imported else "")
         + f" from {stats['model_passes']} model pass(es); "
         f"{stats['reused_batches']} feature batches reused; {stats['n_nonfinite']} non-finite activations excluded"
     )
     render_site(cache, cfg, out_dir)
+    click.echo(f"site written to {out_dir}")
+
+
+def build_imports(cfg: Config, out_dir: Path) -> None:
+    """``sitegen build`` of a config whose dictionaries are all imported NeuronRecords: no torch,
+    no model, no dataset."""
+    from sitegen.imports import build_record_cache, record_folders
+    from sitegen.render import render_site
+
+    folders = record_folders(cfg)
+    log.info("\n".join(describe_imports(folders)))
+    if cfg.site.explanations:
+        log.info(f"[sitegen] {explanations_line(cfg, import_dictionaries(folders))}")
+    build_record_cache(cfg, folders, cache_dir(cfg))
+    log.info(f"[sitegen] {sum(len(f.files) for f in folders)} imported NeuronRecords (no model loaded)")
+    render_site(cache_dir(cfg), cfg, out_dir)
     click.echo(f"site written to {out_dir}")
 
 

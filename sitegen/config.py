@@ -31,11 +31,13 @@ class ModelConfig:
 @dataclass
 class DictionaryConfig:
     name: str
-    kind: Literal["sae", "neurons", "attention_heads"] = "sae"
-    path: str | None = None  # SAELens-format directory (cfg.json + sae_weights.safetensors)
+    kind: Literal["sae", "neurons", "attention_heads", "neuron_records"] = "sae"
+    # kind sae: a SAELens-format folder (cfg.json + sae_weights.safetensors); kind neuron_records:
+    # a folder of NeuronRecord files <layer>/<index>.json (sitegen/imports.py), no model needed
+    path: str | None = None
     release: str | None = None  # SAELens release + id (needs the hub)
     id: str | None = None
-    layer: int | None = None  # for kind: neurons, the MLP layer; for attention_heads, one layer
+    layer: int | None = None  # neurons: the MLP layer; attention_heads: one layer; neuron_records: one of the folder's
     layers: list[int] | str | None = None  # for kind: attention_heads, several layers, or "all"
     features: list[int] | str | None = None  # ids, or "start:stop"; default all
 
@@ -134,7 +136,7 @@ class SiteConfig:
 @dataclass
 class Config:
     dictionaries: list[DictionaryConfig]
-    dataset: DatasetConfig
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # not needed when nothing needs the model
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
@@ -146,6 +148,10 @@ class Config:
     cache: str = ".sitegen-cache"  # feature-data cache (resumable builds; `sitegen render` reads it)
     seed: int = 0
     path: Path = field(default=Path("site_config.yaml"), metadata={"internal": True})
+
+    def needs_model(self) -> bool:
+        """Whether the build runs the model: every kind but imported NeuronRecords does, and prompts do."""
+        return bool(self.prompts) or any(d.kind != "neuron_records" for d in self.dictionaries)
 
     def resolve(self, relative: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -284,6 +290,10 @@ def _check(cfg: Config, where: str) -> None:
                 raise SitegenError(f"{key}.layers: expected layers >= 0, got {d.layers!r}")
         elif d.layers is not None:
             raise SitegenError(f"{key}.layers: only kind 'attention_heads' takes 'layers'")
+        if d.kind == "neuron_records" and not d.path:
+            raise SitegenError(f"{key}.path: kind 'neuron_records' needs 'path' (a folder of <layer>/<index>.json)")
+        if d.kind == "neuron_records" and (d.release or d.id):
+            raise SitegenError(f"{key}: kind 'neuron_records' reads 'path' only (no 'release'/'id')")
         if d.kind == "sae" and not d.path and not (d.release and d.id):
             raise SitegenError(f"{key}: kind 'sae' needs 'path' (SAELens folder) or 'release' + 'id'")
         if d.path and not cfg.resolve(d.path).is_dir():
@@ -305,7 +315,7 @@ def _check(cfg: Config, where: str) -> None:
         if not pc.target:
             raise SitegenError(f"{where}.prompts[{i}].target: give the target token's text")
     ds = cfg.dataset
-    if not ds.paths and not ds.hf_name:
+    if cfg.needs_model() and not ds.paths and not ds.hf_name:
         raise SitegenError(f"{where}.dataset: give 'paths' (local files) or 'hf_name'")
     if ds.max_tokens < ds.context_length:
         raise SitegenError(
@@ -323,6 +333,22 @@ def _check(cfg: Config, where: str) -> None:
     out = cfg.resolve(cfg.out)
     if out.exists() and not out.is_dir():
         raise SitegenError(f"{where}.out: {out} exists and is not a folder")
+
+
+def feature_ids(spec: list[int] | str | None, d_sae: int, where: str) -> list[int]:
+    """The ids a dictionary's ``features:`` selects among ``d_sae`` (default: all)."""
+    if spec is None:
+        return list(range(d_sae))
+    if isinstance(spec, str):
+        start, stop = (int(p) for p in spec.split(":"))
+        ids = list(range(start, min(stop, d_sae) if stop > start else start))
+        if start >= d_sae or not ids:
+            raise SitegenError(f"{where}.features: range {spec!r} is empty or outside 0..{d_sae - 1}")
+        return ids
+    bad = [i for i in spec if not 0 <= i < d_sae]
+    if bad:
+        raise SitegenError(f"{where}.features: id {bad[0]} is out of range 0..{d_sae - 1}")
+    return sorted(set(spec))
 
 
 def load_config(path: str | Path) -> Config:

@@ -19,3 +19,18 @@ def escaped(ch: str) -> str:
 def visible(text: str, keep: str = "") -> str:
     """``text`` with every invisible character escaped but those in ``keep``."""
     return "".join(ch if ch in keep else escaped(ch) for ch in text)
+
+
+MAX_TOKEN_CHARS = 48
+VISIBLE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u21e5"}  # ↵ ␍ ⇥
+
+
+def display_text(raw: str) -> str:
+    """Make whitespace-like and invisible characters visible; cap the length."""
+    out = []
+    for ch in raw:
+        out.append(VISIBLE[ch] if ch in VISIBLE else escaped(ch))
+    text = "".join(out)
+    if len(text) > MAX_TOKEN_CHARS:
+        text = f"{text[: MAX_TOKEN_CHARS - 1]}\u2026"
+    return text

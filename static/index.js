@@ -62,8 +62,12 @@
     for (var i = 0; i < n; i++) {
       if (d !== "" && X.d[i] !== +d) continue;
       if (onlyUnexplained && expl[i] !== undefined) continue;
-      var pct = X.density[i] * 100;
-      if (pct < lo || pct > hi) continue;
+      if (X.density[i] === null) {  // imported NeuronRecords: no density, so outside any density range
+        if (!isNaN(lo) || !isNaN(hi)) continue;
+      } else {
+        var pct = X.density[i] * 100;
+        if (pct < lo || pct > hi) continue;
+      }
       var ok = true;
       for (var t = 0; ok && t < terms.length; t++) ok = matches(i, terms[t], text[i]);
       if (ok) shown.push(i);
@@ -90,8 +94,10 @@
     link.href = "features/" + X.d[i] + "/" + X.id[i] + ".html";
     tr.appendChild(el("td")).appendChild(link);
     tr.appendChild(el("td", "", X.dicts[X.d[i]]));
-    tr.appendChild(el("td", dead[i] ? "muted" : "", dead[i] ? "dead" : percent(X.density[i])));
-    tr.appendChild(el("td", "", String(X.max[i])));
+    var none = X.density[i] === null;
+    tr.appendChild(el("td", dead[i] || none ? "muted" : "", dead[i] ? "dead" : none ? "–" : percent(X.density[i])))
+      .title = none ? "imported NeuronRecord: the file has no density" : "";
+    tr.appendChild(el("td", "", X.max[i] === null ? "–" : String(X.max[i])));
     X.top[i].forEach(function (t) { toks.appendChild(el("code", "", X.tokens[t])); });
     tr.appendChild(toks);
     tr.appendChild(el("td", "expl", expl[i] || ""));

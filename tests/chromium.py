@@ -58,3 +58,26 @@ def chromium(profile: Path, logging: bool = False) -> Iterator:
         yield driver
     finally:
         driver.quit()
+
+
+def open_page(driver, url: str) -> None:
+    """Load ``url`` and wait until the document is complete."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def assert_clean(driver) -> None:
+    """No console errors, no alert, and no injected payload ran."""
+    import pytest
+    from selenium.common.exceptions import NoAlertPresentException
+
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
+    try:
+        text = driver.switch_to.alert.text
+        pytest.fail(f"an alert opened: {text!r}")
+    except NoAlertPresentException:
+        pass
+    assert driver.execute_script("return window.__pwned === undefined")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import available, chromium
+from chromium import assert_clean, available, chromium, open_page
 from head_fixtures import HOSTILE_IDS, HeadSpec, write_head_cache
 from site_fixtures import PAYLOADS, site_config, token_table
 
@@ -22,7 +22,6 @@ pytestmark = pytest.mark.browser
 if not available():
     pytest.skip("needs Debian chromium and chromium-driver", allow_module_level=True)
 
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -45,23 +44,6 @@ def driver(tmp_path_factory):
 
 def head(site: Path, feature: int, d: int = 1) -> HeadData:
     return next(hd for p in batch_files(site.parent / "cache", d) for hd in read_head_batch(p) if hd.feature == feature)
-
-
-def open_page(driver, url: str) -> None:
-    driver.get(url)
-    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
-
-
-def assert_clean(driver) -> None:
-    """No console errors, no alert, and no injected payload ran."""
-    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-    assert errors == []
-    try:
-        text = driver.switch_to.alert.text
-        pytest.fail(f"an alert opened: {text!r}")
-    except NoAlertPresentException:
-        pass
-    assert driver.execute_script("return window.__pwned === undefined")
 
 
 def strip(driver, group: int, n: int) -> list:

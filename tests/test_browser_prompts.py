@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import available, chromium
+from chromium import assert_clean, available, chromium, open_page
 from prompt_fixtures import HEAD_SPECS, node_layer, write_prompt_cache
 from site_fixtures import site_config, token_table
 
@@ -23,7 +23,6 @@ pytestmark = pytest.mark.browser
 if not available():
     pytest.skip("needs Debian chromium and chromium-driver", allow_module_level=True)
 
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -51,24 +50,7 @@ def prompt(site: Path, n: int = 0) -> PromptData:
 
 
 def open_prompt(driver, site: Path, n: int = 0) -> None:
-    open_url(driver, (site / "prompts" / f"{prompt(site, n).slug}.html").as_uri())
-
-
-def open_url(driver, url: str) -> None:
-    driver.get(url)
-    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
-
-
-def assert_clean(driver) -> None:
-    """No console errors, no alert, and no injected payload ran."""
-    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-    assert errors == []
-    try:
-        text = driver.switch_to.alert.text
-        pytest.fail(f"an alert opened: {text!r}")
-    except NoAlertPresentException:
-        pass
-    assert driver.execute_script("return window.__pwned === undefined")
+    open_page(driver, (site / "prompts" / f"{prompt(site, n).slug}.html").as_uri())
 
 
 def js_number(x: float) -> str:
@@ -231,7 +213,7 @@ def test_note_on_hover_and_links_both_ways(driver, site):
     assert "as #1 by attribution" in back.find_element(By.XPATH, "..").text
     back.click()
     WebDriverWait(driver, 5).until(lambda d: d.current_url.endswith(f"/prompts/{pd.slug}.html"))
-    open_url(driver, (site / "index.html").as_uri())
+    open_page(driver, (site / "index.html").as_uri())
     driver.find_element(By.CSS_SELECTOR, f'#prompts a[href="prompts/{pd.slug}.html"]').click()
     WebDriverWait(driver, 5).until(lambda d: d.current_url.endswith(f"/prompts/{pd.slug}.html"))
     assert_clean(driver)
@@ -249,5 +231,5 @@ def test_hostile_prompt_stays_text(driver, site):
         Select(driver.find_element(By.ID, "f-pos")).select_by_index(1)
         assert driver.find_elements(By.CSS_SELECTOR, "main img, main iframe, main script, #tip img, #tip script") == []
         assert_clean(driver)
-    open_url(driver, (site / "index.html").as_uri())
+    open_page(driver, (site / "index.html").as_uri())
     assert_clean(driver)

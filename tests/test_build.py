@@ -193,6 +193,8 @@ def test_embedded_default_small_slice(monkeypatch, capsys, tmp_path):
     cfg["dictionaries"][1]["features"] = "0:4"
     assert cfg["dictionaries"][2]["kind"] == "attention_heads"
     cfg["dictionaries"][2].update(layers=[6])
+    assert cfg["dictionaries"][3]["kind"] == "neuron_records"
+    cfg["dictionaries"][3]["path"] = str(root / cfg["dictionaries"][3]["path"])
     cfg["dataset"].update(paths=[str(root / "data/corpus/corpus.jsonl")], max_tokens=1024)
     cfg["site"]["pages"] = str(root / "pages")
     # the shipped hand-written explanations of the features this slice builds (an explanation of a
@@ -205,11 +207,13 @@ def test_embedded_default_small_slice(monkeypatch, capsys, tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     err = build(monkeypatch, capsys, config)
     assert "dictionary 'sae-l6': sae on blocks.6.hook_resid_post, d_in 640, d_sae 4096" in err
-    assert "explanations: 3 for 3 features (sae-l6: 3)" in err
+    assert "explanations: 4 for 4 features (mlp-l12-imported: 1, sae-l6: 3)" in err
     assert "hand-written (read from the feature pages)" in (tmp_path / "site/features/0/4.html").read_text()
-    assert "10 features and 4 attention heads from 1 model pass(es)" in err
+    assert "10 features and 4 attention heads (and 8 imported NeuronRecords) from 1 model pass(es)" in err
     site = tmp_path / "site"
-    assert len(list(site.glob("features/*/*.html"))) == 14
+    assert len(list(site.glob("features/*/*.html"))) == 14 + 8
+    imported = (site / "features/3/4.html").read_text()
+    assert "imported NeuronRecord" in imported and "read from the imported NeuronRecord" in imported
     code, _, _ = run_cli(monkeypatch, capsys, "check", str(site))
     assert code == 0
     from sitegen.cache.files import read_features

@@ -298,8 +298,9 @@ def test_direct_hover_with_a_vanishing_coefficient():
 def test_static_budget():
     raw = sum(p.stat().st_size for p in STATIC.iterdir() if p.suffix in (".js", ".css"))
     # 30 KB before attention-head pages (head.js, head.css: tests/test_render_heads.py), 36 KB before
-    # prompt pages (prompt.js, prompt.css: tests/test_render_prompts.py)
-    assert raw <= 48 * 1024
+    # prompt pages (prompt.js, prompt.css: tests/test_render_prompts.py), 48 KB before imported
+    # NeuronRecord pages (record.js: tests/test_imports.py); each page inlines only its own script
+    assert raw <= 52 * 1024
     inlined = sum(len(static_markup(n).encode()) for n in ("site.css", "feature.css", "dom.js", "feature.js"))
     assert inlined <= 12 * 1024
     for name in ("feature.js", "index.js", "notfound.js"):

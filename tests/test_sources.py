@@ -19,7 +19,7 @@ from sitegen.sources import load_sources
 from sitegen.sources.dataset import document_cap, load_tokens
 from sitegen.sources.dictionaries import SAEDictionary, to_residual
 from sitegen.sources.model import load_tl_checkpoint
-from sitegen.sources.tokens import MAX_TOKEN_CHARS, display_text
+from sitegen.text import MAX_TOKEN_CHARS, display_text
 
 
 def config_with_dataset(tmp_path, **dataset):

@@ -38,6 +38,7 @@ from sitegen.cache.feature_data import (
 )
 from sitegen.cache.head_data import HeadData, HeadRecord, HeadSummary, PairScalars
 from sitegen.cache.prompt_data import Ablation, PromptData, PromptNode, Trace, Upstream
+from sitegen.cache.record_data import RecordData, record_data_from_dict
 from sitegen.errors import SitegenError
 
 
@@ -84,7 +85,9 @@ def batch_path(cache: Path, dict_index: int, batch: int) -> Path:
     return cache / "features" / str(dict_index) / f"{batch:05d}.json"
 
 
-def write_batch(cache: Path, dict_index: int, batch: int, features: list[FeatureData] | list[HeadData]) -> None:
+def write_batch(
+    cache: Path, dict_index: int, batch: int, features: list[FeatureData] | list[HeadData] | list[RecordData]
+) -> None:
     write_atomic(batch_path(cache, dict_index, batch), dumps(features))
 
 
@@ -184,6 +187,14 @@ def read_head_batch(path: Path) -> list[HeadData]:
         return [head_data_from_dict(d) for d in data]
     except (KeyError, TypeError) as err:
         raise SitegenError(f"{path}: not an attention-head batch of this sitegen ({err}); rebuild the cache") from None
+
+
+def read_record_batch(path: Path) -> list[RecordData]:
+    data = read_json(path)
+    try:
+        return [record_data_from_dict(d) for d in data]
+    except (KeyError, TypeError) as err:
+        raise SitegenError(f"{path}: not a NeuronRecord batch of this sitegen ({err}); rebuild the cache") from None
 
 
 PROMPTS_FILE = "prompts.json"

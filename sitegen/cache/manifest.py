@@ -11,14 +11,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from sitegen import __version__
 from sitegen.cache.feature_data import FORMAT_VERSION
-from sitegen.cache.files import read_json
+from sitegen.cache.files import PROMPTS_FILE, SEQUENCES_FILE, STRINGS_FILE, read_json
 from sitegen.config import Config
 from sitegen.errors import SitegenError
+from sitegen.report import log
 
 
 def _digest(obj: Any) -> str:
@@ -69,6 +71,33 @@ def stale_reason(old: dict, head: dict) -> str | None:
     if old.get("config_hash") != head["config_hash"]:
         return "changed config: " + ", ".join(changed_keys(old.get("config_keys", {}), head["config_keys"]))
     return None
+
+
+def clear_cache(cache_dir: Path) -> None:
+    shutil.rmtree(cache_dir / "features", ignore_errors=True)
+    for name in ("tokens.json", "manifest.json", PROMPTS_FILE, SEQUENCES_FILE, STRINGS_FILE):
+        (cache_dir / name).unlink(missing_ok=True)
+
+
+def remove_partial_files(cache_dir: Path) -> None:
+    """Temp files of writes a killed build did not finish."""
+    for tmp in cache_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def drop_if_stale(cache_dir: Path, head: dict) -> None:
+    """Empty the cache when its manifest cannot be reused for ``head`` (saying why)."""
+    path = cache_dir / "manifest.json"
+    if not path.is_file():
+        return
+    try:
+        old = read_json(path)
+    except SitegenError:
+        old = None
+    reason = "unreadable manifest" if not isinstance(old, dict) else stale_reason(old, head)
+    if reason:
+        log.info(f"feature cache in {cache_dir.name}/ is stale ({reason}); recomputing")
+        clear_cache(cache_dir)
 
 
 def read_manifest(cache: Path) -> dict:

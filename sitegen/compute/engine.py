@@ -9,7 +9,6 @@ finally ``tokens.json`` and the manifest with ``complete: true``.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -19,16 +18,14 @@ from transformer_lens.utilities.activation_functions import softcap_enabled
 
 from sitegen.cache.feature_data import DictionarySummary
 from sitegen.cache.files import (
-    PROMPTS_FILE,
     SEQUENCES_FILE,
     STRINGS_FILE,
     batch_path,
     read_batch,
     read_head_batch,
-    read_json,
     write_json,
 )
-from sitegen.cache.manifest import stale_reason
+from sitegen.cache.manifest import drop_if_stale, remove_partial_files
 from sitegen.compute.activations import (
     MEMMAP_DIR,
     ActivationCache,
@@ -48,8 +45,8 @@ from sitegen.compute.serialise import feature_data
 from sitegen.compute.spill import Arrays
 from sitegen.compute.store import NeuronActs, SparseActs
 from sitegen.compute.writing import Shown, paused_gc, write_features, write_heads, write_pending
-from sitegen.errors import SitegenError
 from sitegen.hooks import block_hook
+from sitegen.imports import write_record_batches
 from sitegen.report import log
 from sitegen.sources import Sources
 from sitegen.sources.dictionaries import post_norm
@@ -84,19 +81,7 @@ def summaries_of(src: Sources, norm: NormConvention, directions: list) -> list[D
         out.append(
             DictionarySummary(h.name, h.kind, h.hook_name, h.d_head, h.d_sae, list(h.feature_ids), "none", "", h.layers)
         )
-    return out
-
-
-def clear_cache(cache_dir: Path) -> None:
-    shutil.rmtree(cache_dir / "features", ignore_errors=True)
-    for name in ("tokens.json", "manifest.json", PROMPTS_FILE, SEQUENCES_FILE, STRINGS_FILE):
-        (cache_dir / name).unlink(missing_ok=True)
-
-
-def remove_partial_files(cache_dir: Path) -> None:
-    """Temp files of writes a killed build did not finish."""
-    for tmp in cache_dir.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    return out + [f.summary() for f in src.imports]
 
 
 def capture_for(
@@ -193,14 +178,10 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
     norm = norm_convention(src.model)
     directions = [d.residual_directions() for d in src.dictionaries]
     ids = [d.feature_ids for d in src.dictionaries] + [h.feature_ids for h in src.heads]
+    ids += [f.feature_ids for f in src.imports]
     plan = [batches_of(list(f), fc.feature_batch_size) for f in ids]
     head = manifest_head(src, summaries_of(src, norm, directions), [len(p) for p in plan])
-    if (cache_dir / "manifest.json").is_file():
-        old = read_json_or_none(cache_dir / "manifest.json")
-        reason = "unreadable manifest" if old is None else stale_reason(old, head)
-        if reason:
-            log.info(f"feature cache in {cache_dir.name}/ is stale ({reason}); recomputing")
-            clear_cache(cache_dir)
+    drop_if_stale(cache_dir, head)
     missing = {i: [b for b in range(len(p)) if not batch_path(cache_dir, i, b).is_file()] for i, p in enumerate(plan)}
     total = sum(len(p) for p in plan)
     reused = total - sum(len(m) for m in missing.values())
@@ -279,7 +260,10 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
             cache.close()
             remove_scratch(cache_dir)
     t0 = time.perf_counter()
-    for i, p in enumerate(plan):
+    n_models = n_dicts + len(src.heads)
+    for j, folder in enumerate(src.imports):
+        write_record_batches(folder, cache_dir, n_models + j, plan[n_models + j])
+    for i, p in enumerate(plan[:n_models]):
         for b in set(range(len(p))) - set(missing[i]):
             if i >= n_dicts:
                 for hd in read_head_batch(batch_path(cache_dir, i, b)):
@@ -376,11 +360,3 @@ def exact_source(src: Sources, cache: ActivationCache, i: int, decoder: torch.Te
     if (layer := start_layer(d.hook_name)) is not None:
         start = cache.acts[block_hook(layer, "hook_resid_pre")].view(*src.data.tokens.shape, model.cfg.d_model)
     return ExactSource(d.hook_name, start, decoder)
-
-
-def read_json_or_none(path: Path) -> dict | None:
-    try:
-        value = read_json(path)
-    except SitegenError:
-        return None
-    return value if isinstance(value, dict) else None

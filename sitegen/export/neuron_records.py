@@ -17,6 +17,8 @@ tags neuron-explainer's loader dispatches on: ``neuron_id {layer_index, neuron_i
   records are the head page's; there is no quantile sample (``None``, as neuron-explainer
   writes when it does not track quantiles). ``layer_index`` is the head's layer,
   ``neuron_index`` its head number.
+- Imported NeuronRecords (``kind: neuron_records``): each record as it was read, so export ->
+  import -> export gives the same files.
 """
 
 from __future__ import annotations
@@ -30,28 +32,32 @@ from sitegen.cache.files import (
     dumps,
     read_batch,
     read_head_batch,
+    read_record_batch,
     read_sequences,
     read_token_strings,
     write_atomic,
 )
 from sitegen.cache.head_data import HEADS_KIND, HeadData, HeadRecord
+from sitegen.cache.record_data import RECORDS_KIND, ActivationRecord, RecordData
 from sitegen.errors import SitegenError
 from sitegen.export import ExportInput
 
 SPLITS_TOP = ("train", "calibration", "valid", "test")  # neuron-explainer's interleaved top-record splits
+SPLITS_RANDOM = ("calibration", "valid", "test")  # and its random-sample splits
 
 
-def split_of(rank: int, n_top: int) -> str | None:
-    """The split of the ``rank``-th top record (0-based) among ``n_top``: neuron-explainer takes
-    n_top // 4 per split, interleaved (record i goes to split i % 4)."""
-    per = n_top // len(SPLITS_TOP)
-    return SPLITS_TOP[rank % len(SPLITS_TOP)] if rank < per * len(SPLITS_TOP) else None
+def split_of(rank: int, n_top: int, splits: tuple[str, ...] = SPLITS_TOP) -> str | None:
+    """The split of the ``rank``-th top record (0-based) among ``n_top`` (of the random sample,
+    with ``SPLITS_RANDOM``): neuron-explainer takes n // len(splits) per split, interleaved
+    (record i goes to split i % len(splits)); records beyond them are in none."""
+    per = n_top // len(splits)
+    return splits[rank % len(splits)] if rank < per * len(splits) else None
 
 
 def layer_of(summary: DictionarySummary, feature: int) -> tuple[int, int]:
     """(layer_index, neuron_index) of a feature: a head's layer and head number; else the
     dictionary's layer (-1 for a model-level hook) and the feature id."""
-    if summary.kind == HEADS_KIND:
+    if summary.kind in (HEADS_KIND, RECORDS_KIND):
         return summary.head_of(feature)
     layer = summary.layer()
     return (-1 if layer is None else layer), feature
@@ -126,11 +132,36 @@ def head_record(hd: HeadData, strings: dict[int, str]) -> dict[str, Any]:
     )
 
 
+def imported_record(rd: RecordData) -> dict[str, Any]:
+    """An imported NeuronRecord as it was read (values exactly; key order aside)."""
+
+    def record(r: ActivationRecord) -> dict[str, Any]:
+        return _record(r.tokens, r.activations)
+
+    by_q = rd.by_quantile
+    return _neuron_record(
+        rd.layer,
+        rd.index,
+        most_positive_activation_records=[record(r) for r in rd.top],
+        random_sample=[record(r) for r in rd.random],
+        random_sample_by_quantile=None if by_q is None else [[record(r) for r in b] for b in by_q],
+        quantile_boundaries=rd.quantile_boundaries,
+        mean=rd.mean,
+        variance=rd.variance,
+        skewness=rd.skewness,
+        kurtosis=rd.kurtosis,
+    )
+
+
 def export(inp: ExportInput, folder: Path) -> None:
     """Write every built feature's NeuronRecord under ``folder``."""
     sequences, strings = read_sequences(inp.cache), read_token_strings(inp.cache)
     for i, summary in enumerate(inp.summaries):
         for path in batch_files(inp.cache, i):
+            if summary.kind == RECORDS_KIND:
+                for rd in read_record_batch(path):
+                    write_atomic(folder / str(feature_path(summary, i, rd.feature)), dumps(imported_record(rd)))
+                continue
             if summary.kind == HEADS_KIND:
                 for hd in read_head_batch(path):
                     write_atomic(folder / str(feature_path(summary, i, hd.feature)), dumps(head_record(hd, strings)))

@@ -45,6 +45,7 @@ from pathlib import Path
 from sitegen.cache.feature_data import DictionarySummary, Example, FeatureData, Histogram, Ranked
 from sitegen.cache.files import STRINGS_FILE, dumps, read_features, read_token_strings
 from sitegen.cache.head_data import HEADS_KIND
+from sitegen.cache.record_data import RECORDS_KIND
 from sitegen.errors import SitegenError
 from sitegen.export import ExportInput
 from sitegen.report import log
@@ -58,6 +59,8 @@ def skip_reason(summary: DictionarySummary) -> str | None:
     """Why a dictionary has no Neuronpedia batches (None: it has)."""
     if summary.kind == HEADS_KIND:
         return "attention heads have no Neuronpedia layout"
+    if summary.kind == RECORDS_KIND:
+        return "imported NeuronRecords lack the logit effects, histograms and correlations Neuronpedia's fields hold"
     if summary.layer() is None:
         return f"hook {summary.hook_name} has no layer number, which Neuronpedia's layout needs"
     return None

@@ -146,7 +146,7 @@ class _Reader(_Checks):
         layer = self.index(nid["layer_index"], at, "neuron_id.layer_index")
         neuron = self.index(nid["neuron_index"], at, "neuron_id.neuron_index")
         d = self.by_layer(layer, at, "neuron_id.layer_index", f"neuron {neuron}")
-        feature = self.feature(d, neuron, at, "neuron_id.neuron_index")
+        feature = self.feature(d, d.id_of(layer, neuron), at, "neuron_id.neuron_index")
         listed = obj.get("scored_explanations")
         if not isinstance(listed, list):
             raise self.fail(at, f"scored_explanations: expected a list, got {_short(listed)}")

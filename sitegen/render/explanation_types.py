@@ -76,6 +76,14 @@ class SiteDictionary:
     d_sae: int
     built: frozenset[int]
 
+    def id_of(self, layer: int, index: int) -> int:
+        """The site id of neuron ``index`` of ``layer``: itself, or in a dictionary of several layers
+        (imported NeuronRecords) the layer's place x the per-layer size + index."""
+        if len(self.layers) < 2:
+            return index
+        per_layer = self.d_sae // len(self.layers)
+        return self.layers.index(layer) * per_layer + index if 0 <= index < per_layer else self.d_sae + index
+
 
 @dataclass(frozen=True)
 class ExplanationSource:

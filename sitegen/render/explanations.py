@@ -117,14 +117,14 @@ def site_dictionaries(summaries: Sequence[DictionarySummary]) -> list[SiteDictio
 
 
 def source_dictionaries(sources: Sources) -> list[SiteDictionary]:
-    """The dictionaries a build would make, from its loaded sources (SAEs and neurons, then heads)."""
+    """The dictionaries a build would make, from its loaded sources (SAEs and neurons, heads, imports)."""
     out = []
     for d in sources.dictionaries:
         layer = hook_layer(d.hook_name)
         out.append(SiteDictionary(d.name, d.kind, () if layer is None else (layer,), d.d_sae, frozenset(d.feature_ids)))
     for h in sources.heads:
         out.append(SiteDictionary(h.name, HEADS_KIND, tuple(h.layers), h.d_sae, frozenset(h.feature_ids)))
-    return out
+    return out + site_dictionaries([f.summary() for f in sources.imports])
 
 
 def explanation_sources(cfg: Config) -> list[ExplanationSource]:

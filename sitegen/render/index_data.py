@@ -6,6 +6,7 @@ Schema (``v`` 3), one entry per row in every column array::
 
     {"v": 3, "dicts": [<dictionary name>, ...], "tokens": [<display text>, ...],
      "d": [<dict index>...], "id": [<feature id>...], "density": [...], "max": [...],
+                                                   # null: imported NeuronRecords (no density)
      "top": [[<token index>, ...], ...],          # most frequent tokens at the top activations
      "dead": [<row>...],                           # rows of dead features
      "notes": [[<row>, <plain-text snippet>], ...],  # rows with a note
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 from sitegen.cache.feature_data import FeatureData
 from sitegen.cache.head_data import HeadData
+from sitegen.cache.record_data import RecordData
 from sitegen.render.embed import compact_number, script_safe_json
 from sitegen.render.feature_page import token_text
 
@@ -40,8 +42,8 @@ class IndexRow:
     dict_index: int
     feature: int
     dead: bool
-    density: float
-    max_act: float
+    density: float | None  # None: imported NeuronRecords (a record file has no density)
+    max_act: float | None  # None: an imported record file without records
     top_tokens: list[str]
     snippet: str  # plain text, "" without a note
     explanation: str = ""  # the best explanation's text (plain, cut), "" without one
@@ -108,6 +110,29 @@ def index_row(
     )
 
 
+def record_row(
+    rd: RecordData, dict_index: int, snippet: str, explanation: str = "", explanation_score: float | None = None
+) -> IndexRow:
+    """An imported NeuronRecord's row: its largest record value, no density (the file has none),
+    no top tokens (sitegen's definition needs every activation); dead when its top value is <= 0."""
+    top = max((v for r in rd.top for v in r.token_values()), default=None)
+    return IndexRow(
+        dict_index,
+        rd.feature,
+        top is not None and top <= 0,
+        None,
+        rd.max_activation(),
+        [],
+        snippet,
+        explanation,
+        explanation_score,
+    )
+
+
+def optional_number(x: float | None) -> float | int | None:
+    return None if x is None else compact_number(x)
+
+
 def index_json(all_rows: Sequence[Row], dictionary_names: list[str]) -> dict:
     rows = [r for r in all_rows if isinstance(r, IndexRow)]
     counts = Counter(t for r in rows for t in r.top_tokens)
@@ -119,8 +144,8 @@ def index_json(all_rows: Sequence[Row], dictionary_names: list[str]) -> dict:
         "tokens": table,
         "d": [r.dict_index for r in rows],
         "id": [r.feature for r in rows],
-        "density": [compact_number(r.density) for r in rows],
-        "max": [compact_number(r.max_act) for r in rows],
+        "density": [optional_number(r.density) for r in rows],
+        "max": [optional_number(r.max_act) for r in rows],
         "top": [[index[t] for t in r.top_tokens] for r in rows],
         "dead": [n for n, r in enumerate(rows) if r.dead],
         "notes": [[n, r.snippet] for n, r in enumerate(rows) if r.snippet],

@@ -11,7 +11,6 @@ Every page inlines the CSS (and its script), so a page works alone from file://.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -29,17 +28,19 @@ from sitegen.cache.files import (
     read_batch,
     read_head_batch,
     read_prompts,
+    read_record_batch,
     read_token_table,
 )
 from sitegen.cache.head_data import HEADS_KIND, HeadData
 from sitegen.cache.manifest import read_manifest
 from sitegen.cache.prompt_data import PromptData
+from sitegen.cache.record_data import RECORDS_KIND, RecordData
 from sitegen.config import Config
 from sitegen.errors import SitegenError
 from sitegen.export import FORMATS, ExportInput, site_formats, write_format
 from sitegen.folders import replace_folder
 from sitegen.render.assets import bundled_dir, static_markup
-from sitegen.render.embed import compact_number, script_json_markup
+from sitegen.render.embed import script_json_markup
 from sitegen.render.explanations import (
     Explanation,
     Explanations,
@@ -50,7 +51,7 @@ from sitegen.render.explanations import (
 )
 from sitegen.render.feature_page import feature_page_context, feature_page_json
 from sitegen.render.head_page import LayerLinks, head_page_context, head_page_json
-from sitegen.render.index_data import INDEX_DATA_PATH, IndexRow, Row, head_row, index_row, index_script
+from sitegen.render.index_data import INDEX_DATA_PATH, IndexRow, Row, head_row, index_row, index_script, record_row
 from sitegen.render.markup import Page, load_notes, load_pages, markdown_html, plain_snippet
 from sitegen.render.pages_pool import render_batches
 from sitegen.render.prompt_page import (
@@ -62,14 +63,11 @@ from sitegen.render.prompt_page import (
     prompt_page_context,
     prompt_page_json,
 )
+from sitegen.render.provenance import DictionaryListing, number_text, provenance_sections
+from sitegen.render.record_page import record_page_context, record_page_json
 
 TEMPLATES = bundled_dir("templates")
 GENERATOR_META = '<meta name="generator" content="sitegen">'
-
-
-def number_text(x: float | int) -> str:
-    x = compact_number(x)
-    return f"{x:,}" if isinstance(x, int) else repr(x)
 
 
 def signed_text(x: float | int) -> str:
@@ -95,16 +93,6 @@ def template_env() -> Environment:
     )
     env.filters.update(num=number_text, signed=signed_text, pct=percent_text, sign_class=sign_class)
     return env
-
-
-@dataclass
-class DictionaryListing:
-    name: str
-    kind: str
-    hook_name: str
-    d_sae: int
-    n_built: int
-    n_dead: int
 
 
 @dataclass
@@ -251,6 +239,14 @@ class SiteWriter:
         notes = self.notes.get(summary.name, {})
         explained = self.explanations.get(summary.name, {})
         rows: list[Row] = []
+        if summary.kind == RECORDS_KIND:
+            for rd in read_record_batch(path):
+                nav = self.nav(index, summary, rd.feature)
+                note = notes.get(rd.feature)
+                listed = explained.get(rd.feature, [])
+                self.write_record(index, summary, rd, nav, note, listed)
+                rows.append(record_row(rd, index, plain_snippet(note) if note else "", *best_explanation(listed)))
+            return rows
         if summary.kind == HEADS_KIND:
             for hd in read_head_batch(path):
                 nav = self.nav(index, summary, hd.feature)
@@ -330,6 +326,28 @@ class SiteWriter:
             js=static_markup("dom.js") + static_markup("head.js"),
         )
 
+    def write_record(
+        self,
+        index: int,
+        summary: DictionarySummary,
+        rd: RecordData,
+        nav: tuple[int | None, int | None],
+        note: str | None,
+        explanations: Sequence[Explanation] = (),
+    ) -> None:
+        self.render(
+            f"features/{index}/{rd.feature}.html",
+            "record.html",
+            **record_page_context(rd, summary, markdown_html(note) if note else None),
+            explanations=explanation_views(explanations),
+            export_links=self.export_links(index, summary, rd.feature),
+            prev_id=nav[0],
+            next_id=nav[1],
+            data_json=script_json_markup(record_page_json(rd, index, nav)),
+            page_css=static_markup("feature.css") + static_markup("record.css"),
+            js=static_markup("dom.js") + static_markup("record.js"),
+        )
+
     def write_prompt(self, pd: PromptData) -> PromptListing:
         """A prompt's page; returns its row in the index."""
         self.render(
@@ -342,56 +360,6 @@ class SiteWriter:
             js=static_markup("dom.js") + static_markup("prompt.js"),
         )
         return prompt_listing(pd, self.texts)
-
-
-@dataclass
-class ProvenanceSection:
-    title: str
-    rows: list[tuple[str, str]]
-
-
-def _value_text(value: object) -> str:
-    if isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value):
-        return ", ".join(_value_text(v) for v in value)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return number_text(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-
-
-def _rows(mapping: dict) -> list[tuple[str, str]]:
-    return [(str(k), _value_text(v)) for k, v in sorted(mapping.items())]
-
-
-def _dictionary_text(s: DictionarySummary, d: DictionaryListing) -> str:
-    if s.kind == HEADS_KIND:
-        layers = ", ".join(map(str, s.layers))
-        return (
-            f"{s.kind} on {s.hook_name}: {s.d_sae:,} heads of d_head {s.d_in:,} (layers {layers}), {d.n_built:,} built"
-        )
-    return (
-        f"{s.kind} on {s.hook_name}: {s.d_sae:,} × {s.d_in:,}, {d.n_built:,} built ({d.n_dead:,} dead); "
-        f"effects: {s.effects}" + (f"; {s.norm_note}" if s.norm_note else "")
-    )
-
-
-def provenance_sections(manifest: dict, listings: list[DictionaryListing]) -> list[ProvenanceSection]:
-    """What the about page shows: model, dictionaries, dataset, build statistics."""
-    provenance = dict(manifest.get("provenance", {}))
-    dataset = provenance.pop("dataset", {})
-    version = provenance.pop("sitegen_version", None)
-    dictionaries = [(s.name, _dictionary_text(s, d)) for s, d in zip(dictionary_summaries(manifest), listings)]
-    build = [*_rows(manifest.get("stats", {})), ("config hash", str(manifest.get("config_hash", "")))]
-    build += [(f"fingerprint: {k}", v) for k, v in _rows(manifest.get("fingerprints", {}))]
-    if version is not None:
-        build.insert(0, ("sitegen version", str(version)))
-    dataset_rows = _rows(dataset) if isinstance(dataset, dict) else [("dataset", _value_text(dataset))]
-    sections = [
-        ProvenanceSection("Model", _rows(provenance)),
-        ProvenanceSection("Dictionaries", dictionaries),
-        ProvenanceSection("Dataset", dataset_rows),
-        ProvenanceSection("Build", build),
-    ]
-    return [s for s in sections if s.rows]
 
 
 def is_replaceable(out_dir: Path) -> bool:

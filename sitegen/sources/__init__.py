@@ -9,6 +9,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sitegen.config import Config
+from sitegen.imports import RecordFolder, record_folders
 from sitegen.report import log
 from sitegen.sources.dataset import TokenData, load_tokens
 from sitegen.sources.dictionaries import Dictionary, SAEDictionary, load_dictionary
@@ -25,6 +26,7 @@ class Sources:
     dictionaries: list[Dictionary]  # SAEs and neurons, in config order
     data: TokenData
     heads: list[HeadDictionary] = field(default_factory=list)  # numbered after ``dictionaries``
+    imports: list[RecordFolder] = field(default_factory=list)  # NeuronRecord folders, numbered after ``heads``
     prompts: list[Prompt] = field(default_factory=list)
     fingerprints: dict[str, str] = field(default_factory=dict)  # what the feature cache depends on
 
@@ -52,7 +54,7 @@ def load_sources(cfg: Config) -> Sources:
     dictionaries = [
         load_dictionary(model, dc, cfg, f"dictionaries[{i}]")
         for i, dc in enumerate(cfg.dictionaries)
-        if dc.kind != "attention_heads"
+        if dc.kind in ("sae", "neurons")
     ]
     heads = [
         load_heads(model, dc, f"dictionaries[{i}]")
@@ -81,4 +83,9 @@ def load_sources(cfg: Config) -> Sources:
         )
     for h in heads:
         fingerprints[f"dictionary:{h.name}"] = tensor_digest([torch.tensor(h.feature_ids), torch.tensor(h.layers)])
-    return Sources(cfg, model, dictionaries, data, heads=heads, prompts=prompts, fingerprints=fingerprints)
+    imports = record_folders(cfg)
+    for f in imports:
+        fingerprints[f"dictionary:{f.name}"] = f.fingerprint()
+    return Sources(
+        cfg, model, dictionaries, data, heads=heads, imports=imports, prompts=prompts, fingerprints=fingerprints
+    )

@@ -13,7 +13,7 @@ import torch
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from sitegen.config import Config, DictionaryConfig
+from sitegen.config import Config, DictionaryConfig, feature_ids
 from sitegen.errors import SitegenError
 from sitegen.hooks import ATTN_Z, EMBED_HOOKS, MLP_POST, block_hook, hook_layer, hook_point, is_resid_hook
 
@@ -172,21 +172,6 @@ class NeuronDictionary:
     @torch.no_grad()
     def residual_directions(self) -> torch.Tensor:
         return through_post_norm(self.model, self.hook_name, self.model.blocks[self.layer].mlp.W_out.float())
-
-
-def feature_ids(spec: list[int] | str | None, d_sae: int, where: str) -> list[int]:
-    if spec is None:
-        return list(range(d_sae))
-    if isinstance(spec, str):
-        start, stop = (int(p) for p in spec.split(":"))
-        ids = list(range(start, min(stop, d_sae) if stop > start else start))
-        if start >= d_sae or not ids:
-            raise SitegenError(f"{where}.features: range {spec!r} is empty or outside 0..{d_sae - 1}")
-        return ids
-    bad = [i for i in spec if not 0 <= i < d_sae]
-    if bad:
-        raise SitegenError(f"{where}.features: id {bad[0]} is out of range 0..{d_sae - 1}")
-    return sorted(set(spec))
 
 
 def hook_width(model: HookedTransformer, hook_name: str) -> int | None:

@@ -13,10 +13,9 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sitegen.cache.head_data import HEADS_KIND
-from sitegen.config import DictionaryConfig
+from sitegen.config import DictionaryConfig, feature_ids
 from sitegen.errors import SitegenError
 from sitegen.hooks import block_hook
-from sitegen.sources.dictionaries import feature_ids
 
 
 @dataclass

@@ -5,21 +5,7 @@ HTML/JSON happens in the renderer."""
 
 from __future__ import annotations
 
-from sitegen.text import escaped
-
-MAX_TOKEN_CHARS = 48
-VISIBLE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u21e5"}  # ↵ ␍ ⇥
-
-
-def display_text(raw: str) -> str:
-    """Make whitespace-like and invisible characters visible; cap the length."""
-    out = []
-    for ch in raw:
-        out.append(VISIBLE[ch] if ch in VISIBLE else escaped(ch))
-    text = "".join(out)
-    if len(text) > MAX_TOKEN_CHARS:
-        text = f"{text[: MAX_TOKEN_CHARS - 1]}\u2026"
-    return text
+from sitegen.text import display_text
 
 
 def raw_token_texts(tokenizer, ids: list[int]) -> list[str]:
