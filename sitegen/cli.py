@@ -128,7 +128,7 @@ def cli() -> None:
 def validate(config_path: Path) -> None:
     """Load and check every source; print a summary without computing features."""
     from sitegen.config import load_config
-    from sitegen.imports import record_folders
+    from sitegen.imports import check_records, record_folders
 
     cfg = load_config(config_path)
     if not cfg.needs_model():  # imported NeuronRecords alone: no model, no dataset
@@ -138,7 +138,9 @@ def validate(config_path: Path) -> None:
     else:
         cfg, sources = load(config_path)
         click.echo(describe(sources))
-        dictionaries = built_dictionaries(sources)
+        dictionaries, folders = built_dictionaries(sources), sources.imports
+    for folder in folders:
+        check_records(folder)
     if cfg.site.explanations:
         click.echo(explanations_line(cfg, dictionaries))
     click.echo("config OK")

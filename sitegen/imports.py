@@ -34,6 +34,7 @@ from sitegen.cache.record_data import RECORDS_KIND, ActivationRecord, RecordData
 from sitegen.config import Config, DictionaryConfig, feature_ids
 from sitegen.errors import SitegenError
 from sitegen.report import log
+from sitegen.text import short_repr
 
 NUMBER = re.compile(r"-?[0-9]+")
 MOMENTS = ("mean", "variance", "skewness", "kurtosis")
@@ -80,14 +81,20 @@ class RecordFolder:
         return h.hexdigest()
 
 
-def _numbered(folder: Path, suffix: str) -> dict[int, str]:
-    """The entries of ``folder`` named ``<integer><suffix>``, by that integer."""
+def _numbered(folder: Path, suffix: str, where: str) -> dict[int, str]:
+    """The entries of ``folder`` named ``<integer><suffix>`` (layer folders: ``suffix`` ""), by
+    that integer; a name such as ``01`` or ``-0``, which another could shadow, is an error."""
     out = {}
     with os.scandir(folder) as entries:
         for e in entries:
-            stem = e.name[: -len(suffix)] if suffix and e.name.endswith(suffix) else e.name
-            if (e.is_file() if suffix else e.is_dir()) and NUMBER.fullmatch(stem) and (suffix or e.name == stem):
-                out[int(stem)] = e.name
+            if not (e.name.endswith(suffix) and (e.is_file() if suffix else e.is_dir())):
+                continue
+            stem = e.name[: len(e.name) - len(suffix)]
+            if not NUMBER.fullmatch(stem):
+                continue
+            if str(int(stem)) != stem:
+                raise SitegenError(f"{where}.path: {folder / e.name}: write the number as {int(stem)}{suffix}")
+            out[int(stem)] = e.name
     return out
 
 
@@ -95,7 +102,9 @@ def scan_record_folder(cfg: Config, dc: DictionaryConfig, where: str) -> RecordF
     """The files a ``kind: neuron_records`` entry builds; a SitegenError naming the key otherwise."""
     assert dc.path is not None, "config._check requires a path"
     root = cfg.resolve(dc.path)
-    layer_dirs = _numbered(root, "")
+    if not root.is_dir():
+        raise SitegenError(f"{where}.path: {root} is not a folder")
+    layer_dirs = _numbered(root, "", where)
     if not layer_dirs:
         raise SitegenError(
             f"{where}.path: {root} has no layer folders <layer>/<index>.json (for a sitegen export, "
@@ -106,24 +115,36 @@ def scan_record_folder(cfg: Config, dc: DictionaryConfig, where: str) -> RecordF
             raise SitegenError(f"{where}.layer: {root} has no folder for layer {dc.layer} (has {sorted(layer_dirs)})")
         layer_dirs = {dc.layer: layer_dirs[dc.layer]}
     layers = sorted(layer_dirs)
-    indices = {layer: _numbered(root / layer_dirs[layer], ".json") for layer in layers}
+    indices = {layer: _numbered(root / layer_dirs[layer], ".json", where) for layer in layers}
     found = [i for layer in layers for i in indices[layer]]
     if not found or min(found) < 0:
         problem = "no <index>.json files" if not found else f"a negative index ({min(found)}.json)"
         raise SitegenError(f"{where}.path: {root}: {problem} in the layer folders {layers}")
     per_layer = max(found) + 1
     existing = {slot * per_layer + i: (layer, i) for slot, layer in enumerate(layers) for i in sorted(indices[layer])}
-    wanted = feature_ids(dc.features, len(layers) * per_layer, where)
-    if isinstance(dc.features, list):
-        absent = [f for f in wanted if f not in existing]
-        if absent:
-            slot, i = divmod(absent[0], per_layer)
-            raise SitegenError(f"{where}.features: id {absent[0]}: {root}/{layers[slot]}/{i}.json does not exist")
-    files = {f: existing[f] for f in sorted(existing) if f in set(wanted)}
+    files = selected(dc.features, existing, len(layers) * per_layer, where)
+    if isinstance(files, int):
+        slot, i = divmod(files, per_layer)
+        raise SitegenError(f"{where}.features: id {files}: {root}/{layers[slot]}/{i}.json does not exist")
     if not files:
         raise SitegenError(f"{where}.features: {dc.features!r} selects none of the {len(existing)} files in {root}")
     name = os.fsdecode(root)
     return RecordFolder(dc.name, Path(name), layers, per_layer, files)
+
+
+def selected(
+    spec: list[int] | str | None, existing: dict[int, tuple[int, int]], d_sae: int, where: str
+) -> dict[int, tuple[int, int]] | int:
+    """The files ``features:`` selects (default: all) by site id, ascending (a range: the files in
+    it), or the first listed id without a file."""
+    if spec is None:
+        return existing
+    if isinstance(spec, str):
+        ids = feature_ids(spec, d_sae, where)
+        return {f: place for f, place in existing.items() if ids[0] <= f <= ids[-1]}
+    wanted = feature_ids(spec, d_sae, where)
+    absent = next((f for f in wanted if f not in existing), None)
+    return absent if absent is not None else {f: existing[f] for f in wanted}
 
 
 def record_folders(cfg: Config) -> list[RecordFolder]:
@@ -144,14 +165,18 @@ class RecordReader:
         return SitegenError(f"{self.path}: {field}: {problem}")
 
     def load(self) -> dict:
-        raw = self.path.read_bytes()
+        try:
+            raw = self.path.read_bytes()
+        except OSError as err:
+            raise SitegenError(f"{self.path}: cannot read ({err.strerror or err})") from None
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             try:  # Python's json writes NaN moments (neuron-explainer's default) unquoted
                 obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as err:
-                raise SitegenError(f"{self.path}: not JSON ({err})") from None
+            except (ValueError, UnicodeDecodeError, RecursionError) as err:
+                reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+                raise SitegenError(f"{self.path}: not JSON ({reason})") from None
         if not isinstance(obj, dict):
             raise SitegenError(f"{self.path}: expected a NeuronRecord object, got {type(obj).__name__}")
         self.tag(obj, "the file", "NeuronRecord")
@@ -160,11 +185,11 @@ class RecordReader:
     def tag(self, obj: dict, field: str, name: str) -> None:
         tag = obj.get("dataclass_name", name)
         if tag != name:
-            raise self.fail(field, f"dataclass_name is {tag!r}, expected {name!r}")
+            raise self.fail(field, f"dataclass_name is {short_repr(tag)}, expected {name!r}")
 
     def index(self, value: Any, field: str) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise self.fail(field, f"expected an integer, got {value!r}")
+            raise self.fail(field, f"expected an integer, got {short_repr(value)}")
         return value
 
     def number(self, value: Any, field: str) -> float | None:
@@ -172,7 +197,7 @@ class RecordReader:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise self.fail(field, f"expected a finite number or null, got {value!r}")
+            raise self.fail(field, f"expected a finite number or null, got {short_repr(value)}")
         return value
 
     def record(self, obj: Any, field: str) -> ActivationRecord:
@@ -186,7 +211,7 @@ class RecordReader:
             raise self.fail(f"{field}.activations", "expected a list of numbers")
         for n, v in enumerate(acts):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise self.fail(f"{field}.activations[{n}]", f"expected a finite number, got {v!r}")
+                raise self.fail(f"{field}.activations[{n}]", f"expected a finite number, got {short_repr(v)}")
         record = ActivationRecord(tokens, acts)
         if len(acts) != len(tokens) and not record.is_pairs():
             raise self.fail(
@@ -215,9 +240,9 @@ class RecordReader:
         by_q = obj.get("random_sample_by_quantile")
         bounds = obj.get("quantile_boundaries")
         if bounds is not None and not isinstance(bounds, list):
-            raise self.fail("quantile_boundaries", f"expected a list of numbers or null, got {bounds!r}")
+            raise self.fail("quantile_boundaries", f"expected a list of numbers or null, got {short_repr(bounds)}")
         if by_q is not None and not isinstance(by_q, list):
-            raise self.fail("random_sample_by_quantile", f"expected a list of lists or null, got {by_q!r}")
+            raise self.fail("random_sample_by_quantile", f"expected a list of lists or null, got {short_repr(by_q)}")
         moments = {k: self.number(obj.get(k), k) for k in MOMENTS}
         return RecordData(
             dictionary=dictionary,
@@ -232,7 +257,7 @@ class RecordReader:
             else [self.records(b, f"random_sample_by_quantile[{n}]") for n, b in enumerate(by_q)],
             quantile_boundaries=None
             if bounds is None
-            else [self.number(b, f"quantile_boundaries[{n}]") or 0.0 for n, b in enumerate(bounds)],
+            else [self.number(b, f"quantile_boundaries[{n}]") for n, b in enumerate(bounds)],
             **moments,
         )
 
@@ -243,6 +268,12 @@ def read_record(folder: RecordFolder, feature: int) -> RecordData:
     return RecordReader(folder.path / source).read(
         dictionary=folder.name, feature=feature, layer=layer, index=index, source=source
     )
+
+
+def check_records(folder: RecordFolder) -> None:
+    """Read and check every file the folder builds (``sitegen validate``)."""
+    for f in folder.files:
+        read_record(folder, f)
 
 
 def write_record_batches(folder: RecordFolder, cache_dir: Path, dict_index: int, batches: list[list[int]]) -> None:

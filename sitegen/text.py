@@ -34,3 +34,9 @@ def display_text(raw: str) -> str:
     if len(text) > MAX_TOKEN_CHARS:
         text = f"{text[: MAX_TOKEN_CHARS - 1]}\u2026"
     return text
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (for error lines quoting hostile input)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

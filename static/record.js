@@ -18,7 +18,7 @@
     tip.textContent = "";
     tip.appendChild(el("p")).appendChild(el("b", "", T[rec[0][k]]));
     tip.appendChild(el("p", "", "position " + k + " · " + (D.pairs ? "largest pair scalar " : "activation ") + fmt(rec[1][k])));
-    if (D.pairs) keys(rec, k).forEach(function (p) {
+    if (D.pairs && rec[3]) keys(rec, k).forEach(function (p) {
       tip.appendChild(el("p", "small", "reads key " + p[0] + " (" + T[rec[0][p[0]]] + "): " + fmt(p[1])));
     });
     var r = span.getBoundingClientRect();

@@ -260,6 +260,8 @@ BAD_FILES = [
     ),
     (lambda r: _with(r, variance="big"), "variance: expected a finite number or null, got 'big'"),
     (lambda r: _with(r, quantile_boundaries=3), "quantile_boundaries: expected a list of numbers or null"),
+    (lambda r: b"[" * 100_000, "0/1.json: not JSON (nested too deeply)"),
+    (lambda r: _with(r, variance="x" * 200_000), "variance: expected a finite number or null, got 'xxx"),
 ]
 
 
@@ -280,8 +282,9 @@ def test_malformed_files_give_one_line_and_write_nothing(tmp_path, n):
     (folder / "0" / "1.json").write_bytes(make(good))
     import_project(tmp_path / "p", [{"name": "x", "kind": RECORDS_KIND, "path": str(folder)}])
     line = one_line(sitegen("build", cwd=tmp_path / "p"), needle)
-    assert str(folder / "0" / "1.json") in line
+    assert str(folder / "0" / "1.json") in line and len(line) < 400  # hostile values are cut
     assert not (tmp_path / "p" / "site").exists()
+    one_line(sitegen("validate", cwd=tmp_path / "p"), needle)  # validate reads every file too
 
 
 def test_bad_folders_and_keys(tmp_path):
@@ -295,6 +298,14 @@ def test_bad_folders_and_keys(tmp_path):
         ({"path": str(folder), "release": "r", "id": "i"}, "kind 'neuron_records' reads 'path' only"),
     ]
     (folder / "0" / "3.json").write_text("{}")
+    (tmp_path / "odd" / "01").mkdir(parents=True)
+    (tmp_path / "zero" / "0").mkdir(parents=True)
+    (tmp_path / "zero" / "-0").mkdir()
+    cases += [
+        ({"path": str(tmp_path / "odd")}, f"dictionaries[0].path: {tmp_path / 'odd' / '01'}: write the number as 1"),
+        ({"path": str(tmp_path / "zero")}, "dictionaries[0].path: "),
+        ({"path": str(folder / "0" / "0.json")}, "dictionaries[0].path: folder not found"),
+    ]
     cases.append(({"path": str(folder), "features": [0, 2]}, "dictionaries[0].features: id 2: "))
     for entry, needle in cases:
         import_project(tmp_path / "p", [{"name": "x", "kind": RECORDS_KIND, **entry}])
@@ -343,6 +354,36 @@ def test_mixed_with_a_model_resumes_and_notices_a_changed_file(exported, tmp_pat
     assert manifest["fingerprints"]["dictionary:imported"] != folder.fingerprint()
     build()
     assert "<dd>123.5</dd>" in (site / "features" / "1" / "3.html").read_text(encoding="utf-8")
+
+
+def test_null_and_nan_boundaries_stay_absent(tmp_path):
+    folder = write_openai_folder(tmp_path / "f", {0: [0]}, 3)
+    rec = json.loads((folder / "0" / "0.json").read_text())
+    rec["quantile_boundaries"], rec["random_sample_by_quantile"] = [None, math.nan, 1.0, 0], [[], [], [], [], []]
+    (folder / "0" / "0.json").write_text(json.dumps(rec))
+    import_project(tmp_path / "p", [{"name": "x", "kind": RECORDS_KIND, "path": str(folder)}])
+    assert sitegen("build", cwd=tmp_path / "p").returncode == 0
+    html = (tmp_path / "p" / "site" / "features" / "0" / "0.html").read_text(encoding="utf-8")
+    assert "<dd>–, –, 1, 0</dd>" in html and "below –" in html
+    out = export_of(tmp_path / "p" / "site_config.yaml", tmp_path / "x")
+    assert json.loads((out / "x" / "0" / "0.json").read_bytes())["quantile_boundaries"] == [None, None, 1.0, 0]
+
+
+def test_explanation_of_a_layer_the_folder_lacks(tmp_path):
+    folder = write_openai_folder(tmp_path / "f", {3: [0], 4: [1]}, 5)
+    expl = tmp_path / "e.jsonl"
+    line = {"neuron_id": {"layer_index": 9, "neuron_index": 0}, "scored_explanations": [{"explanation": "x"}]}
+    expl.write_text(json.dumps(line) + "\n")
+    entry = {"path": str(expl), "dictionary": "x"}
+    import_project(
+        tmp_path / "p",
+        [{"name": "x", "kind": RECORDS_KIND, "path": str(folder)}],
+        site={"title": "t", "explanations": [entry]},
+    )
+    for command in ("validate", "build"):
+        one_line(
+            sitegen(command, cwd=tmp_path / "p"), "neuron_id: layer 9 neuron 0 is not in 'x' (layers 3, 4, 2 per layer)"
+        )
 
 
 def test_page_json_schema_on_a_hand_made_record():

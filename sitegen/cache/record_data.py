@@ -45,7 +45,7 @@ class RecordData:
     top: list[ActivationRecord]  # most_positive_activation_records
     random: list[ActivationRecord]  # random_sample
     by_quantile: list[list[ActivationRecord]] | None  # random_sample_by_quantile
-    quantile_boundaries: list[float] | None
+    quantile_boundaries: list[float | None] | None  # None inside: null or NaN in the file (not computed)
     mean: float | None
     variance: float | None
     skewness: float | None

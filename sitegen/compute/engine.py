@@ -205,6 +205,9 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
         for j, h in enumerate(src.heads)
         if missing[n_dicts + j]
     }
+    n_models = n_dicts + len(src.heads)
+    for j, folder in enumerate(src.imports):  # before the model pass: a bad file fails early
+        write_record_batches(folder, cache_dir, n_models + j, plan[n_models + j])
     model_passes = 0
     shown = Shown(set(), set())
     n_nonfinite = 0
@@ -260,9 +263,6 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
             cache.close()
             remove_scratch(cache_dir)
     t0 = time.perf_counter()
-    n_models = n_dicts + len(src.heads)
-    for j, folder in enumerate(src.imports):
-        write_record_batches(folder, cache_dir, n_models + j, plan[n_models + j])
     for i, p in enumerate(plan[:n_models]):
         for b in set(range(len(p))) - set(missing[i]):
             if i >= n_dicts:

@@ -28,9 +28,9 @@ from sitegen.render.explanation_types import (
     _json_value,
     _line,
     _LineLoader,
-    _short,
 )
 from sitegen.report import log
+from sitegen.text import short_repr
 
 
 class _Reader(_Checks):
@@ -128,11 +128,11 @@ class _Reader(_Checks):
     def tagged(self, obj: Any, at: str, name: str, dataclass: str) -> dict:
         """A neuron-explainer object; its ``dataclass_name`` tag, where it has one, must match."""
         if not isinstance(obj, dict):
-            raise self.fail(at, f"{name or 'the line'}: expected a {dataclass} object, got {_short(obj)}")
+            raise self.fail(at, f"{name or 'the line'}: expected a {dataclass} object, got {short_repr(obj)}")
         tag = obj.get("dataclass_name", dataclass)
         if tag != dataclass:
             key = f"{name}.dataclass_name" if name else "dataclass_name"
-            raise self.fail(at, f"{key}: expected {dataclass!r}, got {_short(tag)}")
+            raise self.fail(at, f"{key}: expected {dataclass!r}, got {short_repr(tag)}")
         return obj
 
     def neuron_explainer(self, obj: Any, at: str) -> None:
@@ -146,10 +146,18 @@ class _Reader(_Checks):
         layer = self.index(nid["layer_index"], at, "neuron_id.layer_index")
         neuron = self.index(nid["neuron_index"], at, "neuron_id.neuron_index")
         d = self.by_layer(layer, at, "neuron_id.layer_index", f"neuron {neuron}")
-        feature = self.feature(d, d.id_of(layer, neuron), at, "neuron_id.neuron_index")
+        site_id = d.id_of(layer, neuron)
+        if site_id is None:
+            per_layer = d.d_sae // len(d.layers)
+            raise self.fail(
+                at,
+                f"neuron_id: layer {layer} neuron {neuron} is not in '{d.name}' (layers "
+                f"{', '.join(map(str, d.layers))}, {per_layer:,} per layer)",
+            )
+        feature = self.feature(d, site_id, at, "neuron_id.neuron_index")
         listed = obj.get("scored_explanations")
         if not isinstance(listed, list):
-            raise self.fail(at, f"scored_explanations: expected a list, got {_short(listed)}")
+            raise self.fail(at, f"scored_explanations: expected a list, got {short_repr(listed)}")
         for i, se in enumerate(listed):
             key = f"scored_explanations[{i}]"
             se = self.tagged(se, at, key, "ScoredExplanation")
@@ -170,13 +178,13 @@ class _Reader(_Checks):
 
     def neuronpedia(self, obj: Any, at: str) -> None:
         if not isinstance(obj, dict):
-            raise self.fail(at, f"expected an explanation object, got {_short(obj)}")
+            raise self.fail(at, f"expected an explanation object, got {short_repr(obj)}")
         for key in ("layer", "index", "description"):
             if key not in obj:
                 raise self.fail(at, f"{key}: missing")
         layer = obj["layer"]
         if not isinstance(layer, str) or not layer:
-            raise self.fail(at, f"layer: expected Neuronpedia's source id (e.g. '6-res-jb'), got {_short(layer)}")
+            raise self.fail(at, f"layer: expected Neuronpedia's source id (e.g. '6-res-jb'), got {short_repr(layer)}")
         d = self.foreign(layer, at, "layer", "source")
         feature = self.feature(d, self.index(obj["index"], at, "index"), at, "index")
         text = self.text(obj["description"], at, "description")
@@ -186,11 +194,11 @@ class _Reader(_Checks):
         scores = []
         listed = obj.get("scores")
         if listed is not None and not isinstance(listed, list):
-            raise self.fail(at, f"scores: expected a list, got {_short(listed)}")
+            raise self.fail(at, f"scores: expected a list, got {short_repr(listed)}")
         for i, s in enumerate(listed or []):
             key = f"scores[{i}]"
             if not isinstance(s, dict):
-                raise self.fail(at, f"{key}: expected a score object, got {_short(s)}")
+                raise self.fail(at, f"{key}: expected a score object, got {short_repr(s)}")
             if "value" not in s:
                 raise self.fail(at, f"{key}.value: missing")
             value = self.number(s["value"], at, f"{key}.value")
@@ -236,7 +244,7 @@ class _Reader(_Checks):
             except ValueError:
                 raise self.fail("", "expected a JSON string (delphi writes each explanation as one)") from None
             if not isinstance(value, str):
-                raise self.fail("", f"expected a JSON string (the explanation), got {_short(value)}")
+                raise self.fail("", f"expected a JSON string (the explanation), got {short_repr(value)}")
             texts[file.stem] = (m["module"], int(m["index"]), self.text(value, "", "explanation"))
         modules = sorted({module for module, _, _ in texts.values()})
         if self.source.dictionary is not None and len([m for m in modules if m not in self.by_name]) > 1:
@@ -282,7 +290,7 @@ class _Reader(_Checks):
             except ValueError as err:
                 raise self.fail("", f"JSON syntax error ({err})") from None
             if not isinstance(records, list):
-                raise self.fail("", f"expected a JSON list of scored examples, got {_short(records)}")
+                raise self.fail("", f"expected a JSON list of scored examples, got {short_repr(records)}")
             if records and (not isinstance(records[0], dict) or "activating" not in records[0]):
                 log.info(
                     f"[sitegen] {folder}: not a classifier scorer's output (its examples have no 'activating'); "
@@ -305,19 +313,19 @@ class _Reader(_Checks):
         for i, r in enumerate(records):
             at = f"[{i}]."
             if not isinstance(r, dict):
-                raise self.fail("", f"[{i}]: expected a scored example, got {_short(r)}")
+                raise self.fail("", f"[{i}]: expected a scored example, got {short_repr(r)}")
             for key in ("activating", "prediction"):
                 if key not in r:
                     raise self.fail("", f"{at}{key}: missing")
             activating, prediction = r["activating"], r["prediction"]
             if activating not in (True, False, 0, 1) or isinstance(activating, float):
-                raise self.fail("", f"{at}activating: expected true or false, got {_short(activating)}")
+                raise self.fail("", f"{at}activating: expected true or false, got {short_repr(activating)}")
             if prediction is None:
                 continue
             if isinstance(prediction, bool) or (isinstance(prediction, (int, float)) and math.isfinite(prediction)):
                 predicted = prediction >= 0.5
             else:
-                raise self.fail("", f"{at}prediction: expected true, false or null, got {_short(prediction)}")
+                raise self.fail("", f"{at}prediction: expected true, false or null, got {short_repr(prediction)}")
             if activating:
                 pos += 1
                 tp += predicted
@@ -346,7 +354,7 @@ class _Reader(_Checks):
             try:
                 score = float(score) if score.strip() else None
             except ValueError:
-                raise self.fail(at, f"score: expected a number, got {_short(score)}") from None
+                raise self.fail(at, f"score: expected a number, got {short_repr(score)}") from None
         value = self.number(score, at, "score")
         scorer = self.optional_text(row.get("scorer"), at, "scorer")
         scores = [] if value is None else [Score(value, scorer or "score", None, "as the file gives it")]
@@ -365,7 +373,9 @@ class _Reader(_Checks):
             raise self.fail("", "expected a list of {dictionary, feature, explanation, score, source} rows")
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                raise self.fail(f"item {i}: ", f"expected a mapping of {', '.join(PLAIN_FIELDS)}, got {_short(row)}")
+                raise self.fail(
+                    f"item {i}: ", f"expected a mapping of {', '.join(PLAIN_FIELDS)}, got {short_repr(row)}"
+                )
             line = row.pop(_LINE)
             self.plain_row(row, f"line {line}: ", line)
 

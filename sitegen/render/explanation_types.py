@@ -18,7 +18,7 @@ import yaml
 
 from sitegen.errors import SitegenError
 from sitegen.report import log
-from sitegen.text import visible
+from sitegen.text import short_repr, visible
 
 FORMATS = ("neuron-explainer", "neuronpedia", "delphi", "plain")
 ENTRY_KEYS = ("path", "format", "dictionary")
@@ -76,13 +76,16 @@ class SiteDictionary:
     d_sae: int
     built: frozenset[int]
 
-    def id_of(self, layer: int, index: int) -> int:
+    def id_of(self, layer: int, index: int) -> int | None:
         """The site id of neuron ``index`` of ``layer``: itself, or in a dictionary of several layers
-        (imported NeuronRecords) the layer's place x the per-layer size + index."""
+        (imported NeuronRecords) the layer's place x the per-layer size + index; None where the
+        layer is not one of them or the index is beyond a layer's size."""
         if len(self.layers) < 2:
             return index
         per_layer = self.d_sae // len(self.layers)
-        return self.layers.index(layer) * per_layer + index if 0 <= index < per_layer else self.d_sae + index
+        if layer not in self.layers or not 0 <= index < per_layer:
+            return None
+        return self.layers.index(layer) * per_layer + index
 
 
 @dataclass(frozen=True)
@@ -116,11 +119,6 @@ def _json_value(text: str | bytes) -> Any:
 def _line(at: str) -> int | None:
     m = re.match(r"line (\d+)", at)
     return int(m[1]) if m else None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:59] + "\u2026"
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -163,7 +161,7 @@ class _Checks:
     def text(self, value: Any, at: str, name: str, numbers: bool = False) -> str:
         """An explanation's text; ``numbers``: a number is text too (YAML reads ``42`` as one)."""
         if isinstance(value, bool) or not isinstance(value, (str, int, float) if numbers else str):
-            raise self.fail(at, f"{name}: expected the explanation's text, got {_short(value)}")
+            raise self.fail(at, f"{name}: expected the explanation's text, got {short_repr(value)}")
         raw = str(value)
         try:
             raw = raw.encode("utf-16", "surrogatepass").decode("utf-16")  # a YAML-escaped pair, joined
@@ -178,7 +176,7 @@ class _Checks:
         if value is None or value == "":
             return None
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise self.fail(at, f"{name}: expected text, got {_short(value)}")
+            raise self.fail(at, f"{name}: expected text, got {short_repr(value)}")
         return clean_text(str(value)) or None
 
     def number(self, value: Any, at: str, name: str) -> float | None:
@@ -186,7 +184,7 @@ class _Checks:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(at, f"{name}: expected a number, got {_short(value)}")
+            raise self.fail(at, f"{name}: expected a number, got {short_repr(value)}")
         try:
             number = float(value)
         except OverflowError:
@@ -196,7 +194,7 @@ class _Checks:
     def index(self, value: Any, at: str, name: str) -> int:
         ok = isinstance(value, int) and value >= 0 or isinstance(value, str) and value.isascii() and value.isdigit()
         if isinstance(value, bool) or not ok:
-            raise self.fail(at, f"{name}: expected a feature id (an integer >= 0), got {_short(value)}")
+            raise self.fail(at, f"{name}: expected a feature id (an integer >= 0), got {short_repr(value)}")
         return int(value)
 
     def feature(self, d: SiteDictionary, feature: int, at: str, name: str) -> int:
@@ -208,7 +206,7 @@ class _Checks:
 
     def named(self, name: Any, at: str, key: str) -> SiteDictionary:
         if not isinstance(name, str) or name not in self.by_name:
-            raise self.fail(at, f"{key}: no site dictionary {_short(name)} (have: {', '.join(self.by_name)})")
+            raise self.fail(at, f"{key}: no site dictionary {short_repr(name)} (have: {', '.join(self.by_name)})")
         return self.by_name[name]
 
     def by_layer(self, layer: int, at: str, key: str, what: str) -> SiteDictionary:

@@ -66,7 +66,7 @@ def _text(x: float | None) -> str:
     return "–" if x is None else str(compact_number(x))
 
 
-def quantile_titles(boundaries: list[float] | None, n_bins: int) -> list[str]:
+def quantile_titles(boundaries: list[float | None] | None, n_bins: int) -> list[str]:
     """A label per quantile bin from the file's boundaries: n + 1 bins (below, between, from the
     last, as sitegen writes them) or n - 1 (between consecutive boundaries); else numbered."""
     b = [_text(x) for x in boundaries or []]
