@@ -68,12 +68,13 @@ def open_page(driver, url: str) -> None:
     WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
-def assert_clean(driver) -> None:
-    """No console errors, no alert, and no injected payload ran."""
+def assert_clean(driver, allowed: str = "\0") -> None:
+    """No console errors (but those mentioning ``allowed``), no alert, and no injected payload ran."""
     import pytest
     from selenium.common.exceptions import NoAlertPresentException
 
-    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    logged = driver.get_log("browser")
+    errors = [e for e in logged if e["level"] in ("SEVERE", "ERROR") and allowed not in e["message"]]
     assert errors == []
     try:
         text = driver.switch_to.alert.text

@@ -15,3 +15,19 @@ def tiny_config(tmp_path):
     from fixtures import write_project
 
     return write_project(tmp_path)
+
+
+@pytest.fixture
+def pools(monkeypatch) -> list[int]:
+    """The worker count of every page-rendering pool started (sitegen.render.pages_pool)."""
+    from sitegen.render import pages_pool
+
+    started = []
+    real = pages_pool.ProcessPoolExecutor
+
+    def recording(n_workers, **kwargs):
+        started.append(n_workers)
+        return real(n_workers, **kwargs)
+
+    monkeypatch.setattr(pages_pool, "ProcessPoolExecutor", recording)
+    return started

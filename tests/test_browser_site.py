@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import available, chromium
+from chromium import assert_clean, available, chromium, open_page
 from site_fixtures import DictSpec, decoded_examples, page_json, shown_change, site_config, write_cache
 
 from sitegen.render import render_site
@@ -26,7 +26,6 @@ pytestmark = pytest.mark.browser
 if not available():
     pytest.skip("needs Debian chromium and chromium-driver", allow_module_level=True)
 
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -55,23 +54,6 @@ def site(tmp_path_factory) -> Path:
 def driver(tmp_path_factory):
     with chromium(tmp_path_factory.mktemp("chromium-profile"), logging=True) as drv:
         yield drv
-
-
-def open_page(driver, url: str) -> None:
-    driver.get(url)
-    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
-
-
-def assert_clean(driver, allowed: str = "\0") -> None:
-    """No console errors (but ``allowed``), no alert, and no injected payload ran."""
-    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR") and allowed not in e["message"]]
-    assert errors == []
-    try:
-        text = driver.switch_to.alert.text
-        pytest.fail(f"an alert opened: {text!r}")
-    except NoAlertPresentException:
-        pass
-    assert driver.execute_script("return window.__pwned === undefined")
 
 
 def test_index_search_and_dead_dictionary(driver, site):

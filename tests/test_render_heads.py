@@ -19,7 +19,7 @@ from site_fixtures import PAYLOADS, DictSpec, PageParser, floats24, page_json, r
 from sitegen.cache.files import batch_files, read_head_batch, write_batch
 from sitegen.cache.head_data import SCALARS, SUMMARIES, HeadData
 from sitegen.errors import SitegenError
-from sitegen.render import check_site, pages_pool, render_site
+from sitegen.render import check_site, render_site
 from sitegen.render.assets import static_markup
 from sitegen.render.head_page import head_page_json
 from sitegen.sources.tokens import display_text
@@ -270,17 +270,9 @@ def test_hostile_tokens_are_escaped(site):
             assert not [(t, a) for t, a in elements if t == "img" or any(k.startswith("on") for k in a)]
 
 
-def test_pool_render_is_byte_identical(tmp_path, site, monkeypatch):
-    started = []
-    real = pages_pool.ProcessPoolExecutor
-
-    def recording(n_workers, **kwargs):
-        started.append(n_workers)
-        return real(n_workers, **kwargs)
-
-    monkeypatch.setattr(pages_pool, "ProcessPoolExecutor", recording)
+def test_pool_render_is_byte_identical(tmp_path, site, pools):
     pooled = make_site(site.parent, workers=2, name=f"pooled-{tmp_path.name}")
-    assert started == [2]  # head batch files rendered by the workers too
+    assert pools == [2]  # head batch files rendered by the workers too
     files = sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(pooled).as_posix() for p in pooled.rglob("*") if p.is_file())
     assert [f for f in files if (site / f).read_bytes() != (pooled / f).read_bytes()] == []

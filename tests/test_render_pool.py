@@ -37,20 +37,6 @@ def project(tmp_path) -> tuple[Path, object]:
     return tmp_path / "cache", site_config(tmp_path, pages="pages", notes="notes.yaml")
 
 
-@pytest.fixture
-def pools(monkeypatch) -> list[int]:
-    """The worker count of every pool started."""
-    started = []
-    real = pages_pool.ProcessPoolExecutor
-
-    def recording(n_workers, **kwargs):
-        started.append(n_workers)
-        return real(n_workers, **kwargs)
-
-    monkeypatch.setattr(pages_pool, "ProcessPoolExecutor", recording)
-    return started
-
-
 @pytest.mark.parametrize("method", ["auto", "spawn"])  # auto: forkserver on Linux
 def test_pool_render_is_byte_identical_to_sequential(tmp_path, project, pools, monkeypatch, method):
     cache, cfg = project

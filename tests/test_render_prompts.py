@@ -19,7 +19,7 @@ from site_fixtures import PageParser, page_json, site_config, table_cells, token
 from sitegen.cache.files import read_prompts, write_prompts
 from sitegen.cache.prompt_data import PromptData
 from sitegen.errors import SitegenError
-from sitegen.render import check_site, pages_pool, render_site
+from sitegen.render import check_site, render_site
 from sitegen.render.assets import static_markup
 from sitegen.render.prompt_page import GRADIENT_TEXT, N_LINKED, linked_pages, text_snippet, visible_text
 from sitegen.render.site import number_text, signed_text
@@ -305,17 +305,9 @@ def test_prompt_page_static_budget():
     assert "</script" not in static_markup("prompt.js") and "<!--" not in static_markup("prompt.js")
 
 
-def test_pool_render_is_byte_identical(tmp_path, site, monkeypatch):
-    started = []
-    real = pages_pool.ProcessPoolExecutor
-
-    def recording(n_workers, **kwargs):
-        started.append(n_workers)
-        return real(n_workers, **kwargs)
-
-    monkeypatch.setattr(pages_pool, "ProcessPoolExecutor", recording)
+def test_pool_render_is_byte_identical(tmp_path, site, pools):
     pooled = make_site(site.parent, workers=2, name=f"pooled-{tmp_path.name}")
-    assert started == [2]  # the workers render the node pages, with their links back to the prompts
+    assert pools == [2]  # the workers render the node pages, with their links back to the prompts
     files = sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(pooled).as_posix() for p in pooled.rglob("*") if p.is_file())
     assert [f for f in files if (site / f).read_bytes() != (pooled / f).read_bytes()] == []

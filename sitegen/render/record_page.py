@@ -22,6 +22,7 @@ from sitegen.cache.feature_data import DictionarySummary
 from sitegen.cache.record_data import ActivationRecord, RecordData
 from sitegen.export.neuron_records import SPLITS_RANDOM, split_of
 from sitegen.render.embed import compact_number
+from sitegen.render.head_page import Stat
 from sitegen.text import display_text
 
 SCHEMA_VERSION = 1
@@ -46,13 +47,6 @@ ABSENT = (
         "sitegen counts them over the top 1% of every positive activation, which a record file does not have",
     ),
 )
-
-
-@dataclass
-class Stat:
-    label: str
-    value: str
-    title: str
 
 
 @dataclass
