@@ -88,14 +88,6 @@ def describe(sources: Sources) -> str:
     return "\n".join(lines)
 
 
-def load(config_path: Path) -> tuple[Config, Sources]:
-    from sitegen.config import load_config
-    from sitegen.sources import load_sources
-
-    cfg = load_config(config_path)
-    return cfg, load_sources(cfg)
-
-
 def explanations_line(cfg: Config, dictionaries: list[SiteDictionary]) -> str:
     """Load ``site.explanations`` against the dictionaries the build makes (SitegenError on bad
     input); one line saying what they hold."""
@@ -136,7 +128,9 @@ def validate(config_path: Path) -> None:
         click.echo("\n".join(describe_imports(folders)))
         dictionaries = import_dictionaries(folders)
     else:
-        cfg, sources = load(config_path)
+        from sitegen.sources import load_sources
+
+        sources = load_sources(cfg)
         click.echo(describe(sources))
         dictionaries, folders = built_dictionaries(sources), sources.imports
     for folder in folders:
@@ -160,8 +154,9 @@ def build(config_path: Path, out: Path | None) -> None:
         build_imports(cfg, out_dir)
         return
     from sitegen.compute import build_feature_cache
+    from sitegen.sources import load_sources
 
-    cfg, sources = load(config_path)
+    sources = load_sources(cfg)
     log.info(describe(sources))
     if cfg.site.explanations:  # checked before the model pass, not after it
         log.info(f"[sitegen] {explanations_line(cfg, built_dictionaries(sources))}")

@@ -94,8 +94,8 @@ class RecordsConfig:
 class HeadsConfig:
     """Attention-head records (dictionaries of kind ``attention_heads``)."""
 
-    top_records: int = 12  # distinct sequences with the largest pair scalar
-    random_records: int = 6  # seeded sample of sequences
+    top_records: int = 12  # distinct sequences with the largest pair scalar (a multiple of 4: NeuronRecord splits)
+    random_records: int = 6  # seeded sample of sequences (a multiple of 3)
     top_keys: int = 8  # keys kept per shown query token (the rest is summed)
     rank_by: Literal["write_norm", "pattern"] = "write_norm"  # the pair scalar top records are ranked by
 
@@ -307,6 +307,15 @@ def _check(cfg: Config, where: str) -> None:
         raise SitegenError(f"{where}.records.top: {rc.top} is not a multiple of 4 (neuron-explainer's 4 splits)")
     if rc.random % 3:
         raise SitegenError(f"{where}.records.random: {rc.random} is not a multiple of 3 (neuron-explainer's 3 splits)")
+    hc = cfg.heads  # a head's NeuronRecord export holds its page's records
+    if hc.top_records % 4:
+        raise SitegenError(
+            f"{where}.heads.top_records: {hc.top_records} is not a multiple of 4 (neuron-explainer's 4 splits)"
+        )
+    if hc.random_records % 3:
+        raise SitegenError(
+            f"{where}.heads.random_records: {hc.random_records} is not a multiple of 3 (neuron-explainer's 3 splits)"
+        )
     if any(not 0 < q < 1 for q in rc.quantiles) or rc.quantiles != sorted(set(rc.quantiles)):
         raise SitegenError(f"{where}.records.quantiles: expected increasing values in (0, 1), got {rc.quantiles}")
     for i, pc in enumerate(cfg.prompts):

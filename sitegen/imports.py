@@ -15,7 +15,6 @@ token-pair records). Values are kept exactly, so an export of the import is the 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -28,7 +27,7 @@ from typing import Any
 import orjson
 
 from sitegen import __version__
-from sitegen.cache.feature_data import FORMAT_VERSION, DictionarySummary
+from sitegen.cache.feature_data import DictionarySummary
 from sitegen.cache.files import SEQUENCES_FILE, STRINGS_FILE, batch_path, write_batch, write_json
 from sitegen.cache.record_data import RECORDS_KIND, ActivationRecord, RecordData
 from sitegen.config import Config, DictionaryConfig, feature_ids
@@ -128,8 +127,7 @@ def scan_record_folder(cfg: Config, dc: DictionaryConfig, where: str) -> RecordF
         raise SitegenError(f"{where}.features: id {files}: {root}/{layers[slot]}/{i}.json does not exist")
     if not files:
         raise SitegenError(f"{where}.features: {dc.features!r} selects none of the {len(existing)} files in {root}")
-    name = os.fsdecode(root)
-    return RecordFolder(dc.name, Path(name), layers, per_layer, files)
+    return RecordFolder(dc.name, root, layers, per_layer, files)
 
 
 def selected(
@@ -287,19 +285,17 @@ def build_record_cache(cfg: Config, folders: list[RecordFolder], cache_dir: Path
     """The cache of a config whose dictionaries are all imported NeuronRecord folders (no model,
     no dataset): their batch files and a manifest; resumes from the batches a matching earlier
     build left. Returns the manifest."""
-    from sitegen.cache.manifest import config_hash, config_keys, drop_if_stale, remove_partial_files
+    from sitegen.cache.manifest import drop_if_stale, make_head, remove_partial_files
 
     size = cfg.features.feature_batch_size
     plan = [[f.feature_ids[i : i + size] for i in range(0, len(f.feature_ids), size)] for f in folders]
-    head = {
-        "format": FORMAT_VERSION,
-        "config_hash": config_hash(cfg),
-        "config_keys": config_keys(cfg),
-        "fingerprints": {f"dictionary:{f.name}": f.fingerprint() for f in folders},
-        "dictionaries": [dataclasses.asdict(f.summary()) for f in folders],
-        "batches": {str(i): len(p) for i, p in enumerate(plan)},
-        "provenance": {"model": "none (imported NeuronRecords)", "sitegen_version": __version__},
-    }
+    head = make_head(
+        cfg,
+        fingerprints={f"dictionary:{f.name}": f.fingerprint() for f in folders},
+        summaries=[f.summary() for f in folders],
+        n_batches=[len(p) for p in plan],
+        provenance={"model": "none (imported NeuronRecords)", "sitegen_version": __version__},
+    )
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_files(cache_dir)
     drop_if_stale(cache_dir, head)

@@ -4,13 +4,12 @@
 (function () {
   "use strict";
   var el = sitegenDom.el, svg = sitegenDom.svg, signed = sitegenDom.signed, signClass = sitegenDom.signClass;
-  var floats24 = sitegenDom.floats24;
+  var floats24 = sitegenDom.floats24, r4 = sitegenDom.r4;
   var D = JSON.parse(document.getElementById("data").textContent);
   var T = D.tokens, maxAct = D.max_act, minAct = 0, maxLoss = 0;
 
   // Every example becomes ex[4] = activation per token, ex[5] = {offset: {loss, up: [token
   // indexes, changes], down: [...]}}, from either hover encoding (feature_page.py).
-  function r4(x) { return +x.toPrecision(4); }
   // Direct hovers: the changes are affine in u, through (lowest u, r[2]) and (highest u, r[3]);
   // each is known to 2^-16 of the larger end, so shown to no more decimals than that.
   function changes(side, r) {
@@ -159,12 +158,7 @@
         "no loss effect: the activation is 0 here"));
     }
     tip.appendChild(el("p", "small muted", "sequence " + ex[0] + ", position " + (ex[2] + k)));
-    tip.style.left = tip.style.top = "0";
-    tip.hidden = false;
-    var rect = span.getBoundingClientRect(), below = rect.bottom + 6;
-    var top = below + tip.offsetHeight > innerHeight ? rect.top - tip.offsetHeight - 6 : below;
-    tip.style.left = Math.max(4, Math.min(rect.left, innerWidth - tip.offsetWidth - 8)) + "px";
-    tip.style.top = Math.max(4, top) + "px";
+    sitegenDom.place(tip, span);
     if (marker && a !== 0) {
       marker.setAttribute("x1", actX(a));
       marker.setAttribute("x2", actX(a));
@@ -180,14 +174,5 @@
     if (s) showTip(s); else hideTip();
   });
 
-  document.addEventListener("keydown", function (e) {
-    if (e.altKey || e.ctrlKey || e.metaKey || /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName)) return;
-    var to = e.key === "ArrowLeft" ? D.nav[0] : e.key === "ArrowRight" ? D.nav[1] : null;
-    if (to != null) {
-      location.href = to + ".html";
-    } else if (e.key === "/") {
-      e.preventDefault();
-      location.href = "../../index.html#search";
-    }
-  });
+  sitegenDom.pagerKeys(D.nav);
 })();

@@ -4,9 +4,9 @@
 (function () {
   "use strict";
   var el = sitegenDom.el, svg = sitegenDom.svg, table = sitegenDom.table, floats24 = sitegenDom.floats24;
+  var r4 = sitegenDom.r4;
   var D = JSON.parse(document.getElementById("data").textContent);
   var T = D.tokens, M = D.maxima, SUMS = ["total in", "max in", "total out", "max out"];
-  function r4(x) { return +x.toPrecision(4); }
   var F = floats24(D.h), at = 0;
   function take(n) { at += n; return F.slice(at - n, at).map(r4); }
   function norm(x, max) { return max > 0 ? Math.max(x, 0) / max : 0; }
@@ -147,12 +147,7 @@
     } else {
       tip.appendChild(el("p", "small muted", dir === "in" ? "none: its keys are not kept (not a shown query)" : "none among the shown queries"));
     }
-    tip.style.left = tip.style.top = "0";
-    tip.hidden = false;
-    var rect = rec.spans[c].getBoundingClientRect(), below = rect.bottom + 6;
-    var top = below + tip.offsetHeight > innerHeight ? rect.top - tip.offsetHeight - 6 : below;
-    tip.style.left = Math.max(4, Math.min(rect.left, innerWidth - tip.offsetWidth - 8)) + "px";
-    tip.style.top = Math.max(4, top) + "px";
+    sitegenDom.place(tip, rec.spans[c]);
   }
   function select(span) {  // a token span, or null
     var rec = span && span.rec;
@@ -185,18 +180,15 @@
       open.heat = heat(open);
     }
   });
-  document.addEventListener("keydown", function (e) {
-    if (e.altKey || e.ctrlKey || e.metaKey || /^(INPUT|TEXTAREA|SELECT|BUTTON)$/.test(e.target.tagName)) return;
+  // A focused heat-map button keeps its keys; on a focused token, ← and → move along its strip
+  // instead of paging.
+  sitegenDom.pagerKeys(D.nav, function (e) {
     var step = e.key === "ArrowLeft" ? -1 : e.key === "ArrowRight" ? 1 : 0, t = token(e);
-    if (t && step) {  // on a token: move along its strip
-      var next = t.rec.spans[+t.getAttribute("data-c") + step];
-      if (next) next.focus();
-      e.preventDefault();
-    } else if (step && D.nav[step > 0 ? 1 : 0] != null) {
-      location.href = D.nav[step > 0 ? 1 : 0] + ".html";
-    } else if (e.key === "/") {
-      e.preventDefault();
-      location.href = "../../index.html#search";
-    }
+    if (e.target.tagName === "BUTTON") return true;
+    if (!t || !step) return false;
+    var next = t.rec.spans[+t.getAttribute("data-c") + step];
+    if (next) next.focus();
+    e.preventDefault();
+    return true;
   });
 })();

@@ -3,9 +3,10 @@
 // rows is in the DOM at a time, so 100,000 features stay responsive. Attention
 // heads have their own sortable table; "#dict-<i>" selects dictionary i. Each explained
 // feature has its best explanation's text and score (X.expl), shown as text, searched, sorted.
+// Inlined after dom.js (sitegenDom).
 (function () {
   "use strict";
-  var X = window.SITEGEN_INDEX, PAGE = 100;
+  var X = window.SITEGEN_INDEX, PAGE = 100, el = sitegenDom.el;
   var $ = function (id) { return document.getElementById(id); };
   var body = $("rows"), count = $("count"), search = $("search"), dict = $("dict"), dmin = $("dmin"),
     dmax = $("dmax"), prev = $("prev"), next = $("next"), unexpl = $("unexpl");
@@ -20,12 +21,6 @@
   (X.expl || []).forEach(function (p) { expl[p[0]] = p[1]; escore[p[0]] = p[2]; });
   var shown = [], page = 0, sortKey = null, sortDir = 1;
 
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text != null) e.textContent = text;
-    return e;
-  }
   function firstToken(i) { return X.top[i].length ? X.tokens[X.top[i][0]].toLowerCase() : "\uffff"; }
   var KEYS = {
     id: function (i) { return X.id[i]; },
@@ -97,7 +92,8 @@
     var none = X.density[i] === null;
     tr.appendChild(el("td", dead[i] || none ? "muted" : "", dead[i] ? "dead" : none ? "–" : percent(X.density[i])))
       .title = none ? "imported NeuronRecord: the file has no density" : "";
-    tr.appendChild(el("td", "", X.max[i] === null ? "–" : String(X.max[i])));
+    var max = tr.appendChild(el("td", "", X.max[i] === null ? "–" : String(X.max[i])));
+    if (none) max.title = "the largest value in any record of the file";
     X.top[i].forEach(function (t) { toks.appendChild(el("code", "", X.tokens[t])); });
     tr.appendChild(toks);
     tr.appendChild(el("td", "expl", expl[i] || ""));
@@ -146,8 +142,7 @@
       var key = th.getAttribute("data-hsort");
       hDir = key === hKey ? -hDir : +(th.getAttribute("data-first") || 1);
       hKey = key;
-      Array.prototype.forEach.call(th.parentNode.children, function (c) { c.removeAttribute("aria-sort"); });
-      th.setAttribute("aria-sort", hDir > 0 ? "ascending" : "descending");
+      sitegenDom.sorted(th, hDir);
       drawHeads();
     });
   });
@@ -165,8 +160,7 @@
       var key = th.getAttribute("data-sort");
       sortDir = key === sortKey ? -sortDir : +(th.getAttribute("data-first") || 1);
       sortKey = key;
-      Array.prototype.forEach.call(th.parentNode.children, function (c) { c.removeAttribute("aria-sort"); });
-      th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
+      sitegenDom.sorted(th, sortDir);
       sortRows();
     });
   });

@@ -4,14 +4,13 @@
 (function () {
   "use strict";
   var el = sitegenDom.el, svg = sitegenDom.svg, table = sitegenDom.table, signed = sitegenDom.signed, sign = sitegenDom.signClass;
+  var r4 = sitegenDom.r4;
   var D = JSON.parse(document.getElementById("data").textContent);
   var T = D.tokens, STEP = 50, H = 15;
   var $ = function (id) { return document.getElementById(id); };
   var unlinked = {}, notes = {};
   D.unlinked.forEach(function (p) { unlinked[p[0] + ":" + p[1]] = 1; });
   D.notes.forEach(function (n) { notes[n[0] + ":" + n[1]] = n[2]; });
-
-  function r4(x) { return +x.toPrecision(4); }
 
   // Token strip: per token a stacked bar of its layers' attention and MLP act x grad (positive
   // parts up from the middle, negative down), on one scale for the whole prompt.
@@ -41,14 +40,6 @@
   });
 
   var tip = $("tip"), cur = null;
-  function place(target) {
-    tip.style.left = tip.style.top = "0";
-    tip.hidden = false;
-    var rect = target.getBoundingClientRect(), below = rect.bottom + 6;
-    var y = below + tip.offsetHeight > innerHeight ? rect.top - tip.offsetHeight - 6 : below;
-    tip.style.left = Math.max(4, Math.min(rect.left, innerWidth - tip.offsetWidth - 8)) + "px";
-    tip.style.top = Math.max(4, y) + "px";
-  }
   function tokenTip(p) {
     var a = 0, m = 0, rows = [["layer", "attention", "MLP"]];
     D.attr[p].forEach(function (l, layer) { a += l[0]; m += l[1]; rows.push([String(layer), signed(l[0]), signed(l[1])]); });
@@ -82,7 +73,7 @@
     } else {
       noteTip(target);
     }
-    place(target);
+    sitegenDom.place(tip, target);
   }
   function hovered(e) { return e.target.closest ? e.target.closest(".pt, [data-note]") : null; }
   function focused() { var a = document.activeElement; return a && a.classList && a.classList.contains("pt") ? a : null; }
@@ -168,8 +159,7 @@
       var k = th.getAttribute("data-sort"), col = k === "rank" ? null : +k, first = col === null ? 1 : -1;
       dir = th.hasAttribute("aria-sort") ? -dir : first;
       key = col;
-      Array.prototype.forEach.call(th.parentNode.children, function (c) { c.removeAttribute("aria-sort"); });
-      th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
+      sitegenDom.sorted(th, dir);
       sortRows();
     }
     th.addEventListener("click", go);

@@ -6,7 +6,7 @@
   var el = sitegenDom.el;
   var D = JSON.parse(document.getElementById("data").textContent), T = D.tokens;
   var tip = document.getElementById("tip");
-  function fmt(x) { return String(+(+x).toPrecision(4)); }
+  function fmt(x) { return String(sitegenDom.r4(+x)); }
   function shade(v) { return D.scale > 0 && v > 0 ? "rgba(255,140,0," + (0.85 * Math.min(v / D.scale, 1)).toFixed(3) + ")" : ""; }
   function keys(rec, q) {  // the query q's scalars over keys 0..q, largest first (top 3)
     var start = q * (q + 1) / 2, out = [];
@@ -21,10 +21,7 @@
     if (D.pairs && rec[3]) keys(rec, k).forEach(function (p) {
       tip.appendChild(el("p", "small", "reads key " + p[0] + " (" + T[rec[0][p[0]]] + "): " + fmt(p[1])));
     });
-    var r = span.getBoundingClientRect();
-    tip.hidden = false;
-    tip.style.left = Math.max(4, Math.min(r.left, window.innerWidth - tip.offsetWidth - 8)) + "px";
-    tip.style.top = (r.bottom + 6 + tip.offsetHeight > window.innerHeight ? r.top - tip.offsetHeight - 6 : r.bottom + 6) + "px";
+    sitegenDom.place(tip, span);
   }
   function hide() { tip.hidden = true; }
   Array.prototype.forEach.call(document.querySelectorAll(".recs"), function (box) {
@@ -47,14 +44,5 @@
       box.appendChild(line);
     });
   });
-  document.addEventListener("keydown", function (e) {
-    if (e.altKey || e.ctrlKey || e.metaKey || /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName)) return;
-    var to = e.key === "ArrowLeft" ? D.prev : e.key === "ArrowRight" ? D.next : null;
-    if (to != null) {
-      location.href = to + ".html";
-    } else if (e.key === "/") {
-      e.preventDefault();
-      location.href = "../../index.html#search";
-    }
-  });
+  sitegenDom.pagerKeys(D.nav);
 })();

@@ -243,3 +243,18 @@ def test_layers_only_for_attention_heads(monkeypatch, capsys, tiny_config):
 def test_prompt_errors(monkeypatch, capsys, tiny_config, prompt, key, needle):
     edit(tiny_config, lambda c: c.update(prompts=[prompt]))
     expect_error(monkeypatch, capsys, tiny_config, key, needle)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "needle"),
+    [
+        ("records", "top", 10, "records.top: 10 is not a multiple of 4"),
+        ("records", "random", 20, "records.random: 20 is not a multiple of 3"),
+        ("records", "quantiles", [0.9, 0.5], "records.quantiles: expected increasing values in (0, 1)"),
+        ("heads", "top_records", 6, "heads.top_records: 6 is not a multiple of 4"),
+        ("heads", "random_records", 4, "heads.random_records: 4 is not a multiple of 3"),
+    ],
+)
+def test_record_counts_fit_neuron_explainers_splits(monkeypatch, capsys, tiny_config, section, key, value, needle):
+    edit(tiny_config, lambda c: c.setdefault(section, {}).update({key: value}))
+    expect_error(monkeypatch, capsys, tiny_config, f"site_config.yaml.{needle}")

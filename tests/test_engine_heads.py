@@ -94,6 +94,22 @@ def check_pairs(p: PairScalars, x: torch.Tensor, start: int, k: int, where: str)
         assert close(p.max_out[n], float(xm[:, q].max())), (where, q)
 
 
+def check_top_tokens(got, totals: dict[int, float], k: int, where: str) -> None:
+    """``got`` (TokenValues) = the k tokens with the largest positive ``totals`` as shares of
+    their sum, share descending, ties the lower id; exact ids unless the top k + 1 nearly tie."""
+    share = {t: v / sum(totals.values()) for t, v in totals.items()}
+    ranked = sorted((t for t in totals if totals[t] > 0), key=lambda t: (-share[t], t))
+    order = ranked[:k]
+    assert len(got.token_ids) == len(order) == len(set(got.token_ids)), (where, got.token_ids, order)
+    assert all(close(v, share[t]) for t, v in zip(got.token_ids, got.values)), (where, got, share)
+    assert got.values == sorted(got.values, reverse=True), (where, got.values)
+    gaps = [share[a] - share[b] for a, b in zip(ranked, ranked[1 : k + 1])]
+    if all(g > 1e-5 * share[ranked[0]] for g in gaps):
+        assert got.token_ids == order, (where, got.token_ids, order)
+    else:
+        assert min(got.values) >= share[order[-1]] * (1 - 2e-3), (where, got.values)
+
+
 def check_record(r: HeadRecord, ref: list[torch.Tensor], tokens, width: int, k: int, where: str) -> None:
     """``ref``: the head's [pattern, write norm], each [seq, query, key]."""
     ctx = tokens.shape[1]
@@ -175,6 +191,14 @@ def test_head_records_against_run_with_cache(tmp_path, seed, n_kv_heads):
         share = {t: v / sum(received.values()) for t, v in received.items()}
         assert all(close(v, share[t]) for t, v in zip(hd.summary.top_keys.token_ids, hd.summary.top_keys.values))
         assert min(hd.summary.top_keys.values) >= share[top[-1]] * (1 - 2e-3), where
+        # query tokens by their share of the total write norm written at them (counted queries)
+        written: dict[int, float] = {}
+        for s in range(n_seq):
+            for i in range(ctx):
+                if counted[s, i]:
+                    t = int(tokens[s, i])
+                    written[t] = written.get(t, 0.0) + sum(float(w[s, i, j]) for j in range(i + 1))
+        check_top_tokens(hd.summary.top_queries, written, src.config.features.n_top_tokens, f"{where} top queries")
         # NeuronRecord moments of the write norm over every (counted query, key <= query) pair
         x = torch.cat([w[s][i, : i + 1] for s in range(n_seq) for i in range(ctx) if counted[s, i]]).double()
         mean, var = float(x.mean()), float(x.var(unbiased=False))

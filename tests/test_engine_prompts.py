@@ -252,3 +252,51 @@ def test_the_sae_splice_leaves_the_logits_bit_identical(tmp_path):
     assert torch.equal(clean, spliced)
     pd = prompt_data(src, p, src.config.attribution)  # the post-norm model runs end to end
     assert pd.nodes and all(abs(n.act_grad) >= abs(m.act_grad) for n, m in zip(pd.nodes, pd.nodes[1:]))
+
+
+def check_top(got, probs: torch.Tensor, k: int, what: str) -> None:
+    """``got`` (TokenValues) = the k most likely tokens of ``probs`` [vocab] (float64), most likely
+    first, ties the lower id; exact ids unless two of the top k + 1 nearly tie."""
+    p = probs.tolist()
+    ranked = sorted(range(len(p)), key=lambda t: (-p[t], t))[: k + 1]
+    assert len(got.token_ids) == k, what
+    assert all(close(v, p[t], rtol=1e-3, atol=1e-7) for t, v in zip(got.token_ids, got.values)), (what, got)
+    if all(p[a] - p[b] > 1e-6 for a, b in zip(ranked, ranked[1:])):
+        assert got.token_ids == ranked[:k], (what, got.token_ids, ranked[:k])
+    else:
+        assert min(got.values) >= p[ranked[k - 1]] * (1 - 1e-3), (what, got)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_layer_attribution_and_predictions_against_autograd_and_softmax(tmp_path, seed):
+    """Per position and layer, attention/MLP output . d metric / d output: the outputs from
+    run_with_cache, the gradient by torch.autograd through zero leaves added at each output (the
+    final norm's scale frozen at its clean value), in float64; predictions: float64 softmax of the
+    clean logits, top 10 at the metric's position and top 3 at every position."""
+    print("seed", seed)
+    src = prompt_sources(tmp_path, seed)
+    model, n_layers = src.model, src.model.cfg.n_layers
+    for p in src.prompts:
+        pd: PromptData = prompt_data(src, p, src.config.attribution)
+        tokens = torch.tensor([p.token_ids])
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens)
+        names = [f"blocks.{layer}.{point}" for layer in range(n_layers) for point in ("hook_attn_out", "hook_mlp_out")]
+        zeros = {n: torch.zeros_like(cache[n], requires_grad=True) for n in names}
+        scale = cache["ln_final.hook_scale"]
+        hooks = [(n, lambda x, hook, zeros=zeros: x + zeros[hook.name]) for n in names]
+        with model.hooks(fwd_hooks=[*hooks, ("ln_final.hook_scale", lambda x, hook, scale=scale: scale)]):
+            at = model(tokens)[0, p.position].double()
+        m = at[p.target] - at[p.distractor] if p.distractor is not None else -torch.log_softmax(at, -1)[p.target]
+        grads = torch.autograd.grad(m, [zeros[n] for n in names])
+        ref = torch.stack([(cache[n][0] * g[0]).sum(-1) for n, g in zip(names, grads)], -1)  # [pos, layer * 2]
+        ref = ref.reshape(len(p.token_ids), n_layers, 2)
+        assert bool((ref[p.position + 1 :] == 0).all()) and bool((ref[: p.position + 1] != 0).any())
+        got = torch.tensor(pd.layer_attribution, dtype=torch.float64)
+        assert got.shape == ref.shape, (seed, got.shape)
+        assert all(close(float(x), float(r)) for x, r in zip(got.reshape(-1), ref.reshape(-1))), (seed, got, ref)
+        probs = torch.softmax(logits[0].double(), -1)
+        check_top(pd.top_predictions, probs[p.position], 10, f"seed {seed} {p.slug} top predictions")
+        assert len(pd.next_tokens) == len(p.token_ids), seed
+        for t, tv in enumerate(pd.next_tokens):
+            check_top(tv, probs[t], 3, f"seed {seed} {p.slug} next tokens at {t}")

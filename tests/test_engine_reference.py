@@ -141,6 +141,7 @@ def check_feature(ref: Reference, fd, cfg, seed: int) -> None:
     assert fd.n_tokens == int(ok.sum()), msg
     assert fd.n_nonfinite == int((ref.counted & ~np.isfinite(ref.acts[:, f])).sum()), msg
     assert fd.dead == (n_pos == 0), msg
+    assert fd.n_active == n_pos, f"{msg} n_active {fd.n_active} {n_pos}"
     assert close(fd.density, n_pos / max(ok.sum(), 1)), f"{msg} density"
     max_ref = float(a[ok].max()) if ok.any() else 0.0
     assert close(fd.max_act, max_ref), f"{msg} max {fd.max_act} {max_ref}"

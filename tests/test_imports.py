@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import subprocess
 from pathlib import Path
 
@@ -399,4 +400,94 @@ def test_page_json_schema_on_a_hand_made_record():
     # token pairs: token n's n scalars; its value is its largest (a: 0, b: max(2, 1), c: max(3, .5, .25))
     assert data["pairs"] and data["groups"][0][0][1] == [0, 2, 3] and data["scale"] == 3
     assert data["groups"][0][0][2] is None and data["tokens"] == ["a", "b", "c"]  # 1 top record: no split of 4
-    assert (data["dict"], data["id"], data["prev"], data["next"]) == (2, 4, None, 7)
+    assert (data["dictionary"], data["feature"], data["nav"]) == (2, 4, [None, 7])
+
+
+def per_token_reference(tokens: list[str], values: list[float]) -> list[float]:
+    """One value per token, by an explicit double loop: the activation (one value per token) or,
+    for token pairs (n(n+1)/2 values, the i-th token's i + 1 in order), the largest of its slice."""
+    if len(values) == len(tokens):
+        return list(values)
+    assert len(values) == len(tokens) * (len(tokens) + 1) // 2
+    out, k = [], 0
+    for i in range(len(tokens)):
+        best = values[k]
+        for j in range(1, i + 1):
+            best = max(best, values[k + j])
+        out.append(best)
+        k += i + 1
+    return out
+
+
+def random_record_file(layer: int, index: int, rng: random.Random, pairs: bool) -> dict:
+    """A NeuronRecord of random records (token or token-pair), 5 quantile bins and their 4
+    boundaries; the largest value planted in the top, random or a quantile record at random."""
+
+    def record() -> dict:
+        n = rng.randint(2, 9)
+        values = [
+            rng.choice([0, round(rng.uniform(-4, 6), 3), rng.uniform(-4, 6)])
+            for _ in range(n * (n + 1) // 2 if pairs else n)
+        ]
+        return {
+            "dataclass_name": "ActivationRecord",
+            "tokens": [rng.choice(["a", " b", "<c>"]) for _ in range(n)],
+            "activations": values,
+        }
+
+    groups = {"top": [record() for _ in range(8)], "random": [record() for _ in range(6)]}
+    groups["quantile"] = [[record() for _ in range(2)] for _ in range(5)]
+    flat = {"top": groups["top"], "random": groups["random"], "quantile": [r for b in groups["quantile"] for r in b]}
+    planted = rng.choice(flat[rng.choice(list(flat))])
+    planted["activations"][rng.randrange(len(planted["activations"]))] = 10 + rng.random()
+    return {
+        "dataclass_name": "NeuronRecord",
+        "neuron_id": {"dataclass_name": "NeuronId", "layer_index": layer, "neuron_index": index},
+        "random_sample": groups["random"],
+        "random_sample_by_quantile": groups["quantile"],
+        "quantile_boundaries": sorted(rng.uniform(-1, 5) for _ in range(4)),
+        "mean": rng.random(),
+        "variance": 1.5,
+        "skewness": 0,
+        "kurtosis": rng.random(),
+        "most_positive_activation_records": groups["top"],
+    }
+
+
+def file_records(file: dict) -> list[dict]:
+    """A NeuronRecord file's records: top, random, then by quantile."""
+    by_quantile = [r for b in file["random_sample_by_quantile"] or [] for r in b]
+    return [*file["most_positive_activation_records"], *file["random_sample"], *by_quantile]
+
+
+def test_token_values_max_and_the_pages_stats_on_random_records(tmp_path):
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    files = {n: random_record_file(0, n, rng, pairs=n % 2 == 1) for n in range(6)}
+    for rec in file_records(files[4]):  # file 4: every value negative
+        rec["activations"] = [v - 20 for v in rec["activations"]]
+    for n, file in files.items():
+        (tmp_path / "f" / "0").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "f" / "0" / f"{n}.json").write_text(json.dumps(file))
+    import_project(tmp_path / "p", [{"name": "x", "kind": RECORDS_KIND, "path": str(tmp_path / "f")}])
+    result = sitegen("build", cwd=tmp_path / "p")
+    assert result.returncode == 0, result.stderr[-3000:]
+    cached = [rd for p in batch_files(tmp_path / "p" / ".sitegen-cache", 0) for rd in read_record_batch(p)]
+    assert sorted(rd.feature for rd in cached) == list(files)
+    for rd in cached:
+        file = files[rd.feature]
+        records = file_records(file)
+        assert rd.is_pairs() == (rd.feature % 2 == 1), (seed, rd.feature)
+        assert len(rd.records()) == len(records) == 24, (seed, rd.feature)
+        for got, rec in zip(rd.records(), records):
+            assert got.token_values() == per_token_reference(rec["tokens"], rec["activations"]), (seed, rd.feature)
+        largest = -math.inf
+        for rec in records:
+            for v in rec["activations"]:
+                largest = max(largest, v)
+        assert (largest < 0) == (rd.feature == 4) and rd.max_activation() == largest, (seed, rd.feature, largest)
+        html = (tmp_path / "p" / "site" / "features" / "0" / f"{rd.feature}.html").read_text(encoding="utf-8")
+        stats = dict(re.findall(r'<dt title="[^"]*">([^<]*)</dt><dd>([^<]*)</dd>', html))
+        assert stats["max in records"] == _num(largest), (seed, rd.feature, stats)
+        assert stats["quantile boundaries"] == ", ".join(_num(b) for b in file["quantile_boundaries"]), seed

@@ -184,10 +184,11 @@ class DictionarySummary:
     feature_ids: list[int]  # the features built into the site
     effects: str  # "direct" | "exact" | "none"
     norm_note: str  # how the final norm is handled for logit/loss effects, shown on pages
-    layers: list[int] = field(default_factory=list)  # attention heads: the layers, in id order
+    layers: list[int] = field(default_factory=list)  # attention heads, imported records: the layers, in id order
 
     def head_of(self, feature: int) -> tuple[int, int]:
-        """(layer, head) of an attention-head dictionary's id."""
+        """(layer, head) of an attention-head dictionary's id; (layer, index) of an imported
+        NeuronRecord folder's (ids are numbered alike: layer slot x per-layer size + index)."""
         per_layer = self.d_sae // len(self.layers)
         return self.layers[feature // per_layer], feature % per_layer
 

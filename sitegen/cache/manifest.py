@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sitegen import __version__
-from sitegen.cache.feature_data import FORMAT_VERSION
+from sitegen.cache.feature_data import FORMAT_VERSION, DictionarySummary
 from sitegen.cache.files import PROMPTS_FILE, SEQUENCES_FILE, STRINGS_FILE, read_json
 from sitegen.config import Config
 from sitegen.errors import SitegenError
@@ -28,8 +28,9 @@ def _digest(obj: Any) -> str:
 
 
 def config_keys(cfg: Config) -> dict[str, str]:
-    """Digest of each config key the feature data depends on: ``features.<key>``,
-    ``dataset.<key>``, ``model.<key>``, ``dictionaries[i].<key>``, ``seed``."""
+    """Digest of each config key the cache depends on: ``<section>.<key>`` of the features,
+    heads, records, dataset, model and attribution sections, ``dictionaries[i].<key>``,
+    ``prompts[i].<key>``, the numbers of dictionaries and prompts, and ``seed``."""
     keys = {
         "seed": _digest(cfg.seed),
         "dictionaries": _digest(len(cfg.dictionaries)),
@@ -71,6 +72,26 @@ def stale_reason(old: dict, head: dict) -> str | None:
     if old.get("config_hash") != head["config_hash"]:
         return "changed config: " + ", ".join(changed_keys(old.get("config_keys", {}), head["config_keys"]))
     return None
+
+
+def make_head(
+    cfg: Config,
+    *,
+    fingerprints: dict[str, str],
+    summaries: list[DictionarySummary],
+    n_batches: list[int],
+    provenance: dict,
+) -> dict:
+    """Everything in the manifest but ``complete`` and ``stats``."""
+    return {
+        "format": FORMAT_VERSION,
+        "config_hash": config_hash(cfg),
+        "config_keys": config_keys(cfg),
+        "fingerprints": dict(fingerprints),
+        "dictionaries": [dataclasses.asdict(s) for s in summaries],
+        "batches": {str(i): n for i, n in enumerate(n_batches)},
+        "provenance": provenance,
+    }
 
 
 def clear_cache(cache_dir: Path) -> None:

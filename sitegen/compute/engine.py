@@ -1,10 +1,14 @@
 """build_feature_cache: every feature of every dictionary -> the on-disk cache.
 
 Steps: check the old cache (reuse it, or say why it is stale and drop it); write
-the manifest with ``complete: false``; run the model once over the dataset for the
-hooks of the dictionaries with missing batches; per dictionary, encode all tokens
-once into an activation store, then build and atomically write each missing batch;
-finally ``tokens.json`` and the manifest with ``complete: true``.
+the manifest with ``complete: false``; write the batches of imported NeuronRecord folders
+(no model needed: a bad file fails before the model pass); run the model once over the
+dataset for the hooks of the dictionaries with missing batches, the attention-head
+recorders seeing their hooks in that pass (their batches written right after it); per
+dictionary, encode all tokens once into an activation store and build each missing
+batch but its hovers; the hover phase, then the batch files; the prompt pages
+(``prompts.json``); finally ``sequences.json``, ``tokens.json``, ``token_strings.json``
+and the manifest with ``complete: true``.
 """
 
 from __future__ import annotations
@@ -165,7 +169,8 @@ def context_for(
 
 
 def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True) -> dict:
-    """Compute one FeatureData per feature id of every dictionary into ``cache_dir``;
+    """Compute one FeatureData per feature id of every dictionary (a HeadData per head, a
+    RecordData per imported record) into ``cache_dir``, and the prompt pages' data;
     resumes from the batches a matching earlier build left. Returns the manifest, with
     this run's ``model_passes``, ``reused_batches``, ``seconds`` and (when it computed hovers)
     ``hovers`` and ``hover_positions`` (the distinct positions of its direct hovers) added to its stats."""
@@ -264,6 +269,8 @@ def build_feature_cache(sources: Sources, cache_dir: Path, progress: bool = True
             remove_scratch(cache_dir)
     t0 = time.perf_counter()
     for i, p in enumerate(plan[:n_models]):
+        if i in recorders:  # write_heads wrote (and counted) all its batches
+            continue
         for b in set(range(len(p))) - set(missing[i]):
             if i >= n_dicts:
                 for hd in read_head_batch(batch_path(cache_dir, i, b)):
@@ -305,7 +312,7 @@ def batch_pass(
     progress: bool,
 ) -> int:
     """Build the batches (number, feature ids) of one dictionary but their hovers: with effects
-    off, write each at once (adding its token ids to ``tokens``, returning the NaN/inf count);
+    off, write each at once (adding what its pages show to ``shown``, returning the NaN/inf count);
     with effects on, append it to ``pending`` for the hover phase. Memmapped pages a batch read
     are handed back after it, so memory does not fill with them batch after batch."""
     n_nonfinite = 0

@@ -201,10 +201,8 @@ class HeadRecorder:
 
     def write_norm_scale(self, layer: int, v: torch.Tensor, heads: list[int]) -> torch.Tensor:
         """[batch, head, key] ||v_key @ W_O[head]|| (each head's own key/value head)."""
-        kv = torch.tensor([self.hd.kv_head(h) if v.shape[2] != self.hd.n_heads else h for h in heads])
-        vh = v.float()[:, :, kv.to(v.device)]  # [batch, key, head, d_head]
         w_o = self.w_o[layer][heads].to(v.device)  # [head, d_head, d_model]
-        return torch.einsum("bkhd,hdm->bhkm", vh, w_o).norm(dim=-1)
+        return self.hd.head_writes(v.float(), w_o, heads).norm(dim=-1)
 
     @torch.no_grad()
     def record(self, layer: int, pattern: torch.Tensor, v: torch.Tensor) -> None:

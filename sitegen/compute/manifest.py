@@ -8,12 +8,11 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from sitegen import __version__
-from sitegen.cache.feature_data import FORMAT_VERSION, DictionarySummary
-from sitegen.cache.manifest import config_hash, config_keys
+from sitegen.cache.feature_data import DictionarySummary
+from sitegen.cache.manifest import make_head
 from sitegen.sources import Sources
 
 
@@ -42,12 +41,6 @@ def provenance(src: Sources) -> dict:
 
 def manifest_head(src: Sources, summaries: list[DictionarySummary], n_batches: list[int]) -> dict:
     """Everything in the manifest but ``complete`` and ``stats``."""
-    return {
-        "format": FORMAT_VERSION,
-        "config_hash": config_hash(src.config),
-        "config_keys": config_keys(src.config),
-        "fingerprints": dict(src.fingerprints),
-        "dictionaries": [dataclasses.asdict(s) for s in summaries],
-        "batches": {str(i): n for i, n in enumerate(n_batches)},
-        "provenance": provenance(src),
-    }
+    return make_head(
+        src.config, fingerprints=src.fingerprints, summaries=summaries, n_batches=n_batches, provenance=provenance(src)
+    )

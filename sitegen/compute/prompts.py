@@ -200,9 +200,8 @@ def nodes_of(src: Sources, graph: Graph, position: int) -> Nodes:
                 pattern = graph.saved[block_hook(layer, "attn.hook_pattern")]  # [1, head, q, k]
                 v = graph.saved[block_hook(layer, "attn.hook_v")].detach()[0].float()  # [k, kv head, d_head]
                 hi = torch.tensor(heads)
-                kv = torch.tensor([h.kv_head(x) if v.shape[1] != h.n_heads else x for x in heads])
                 w_o = model.blocks[layer].attn.W_O.detach().float()[hi]  # [head, d_head, d_model]
-                writes = torch.einsum("khd,hdm->hkm", v[:n_q, kv], w_o)  # [head, key, d_model]
+                writes = h.head_writes(v[:n_q], w_o, heads)  # [head, key, d_model]
                 hook = block_hook(layer, "attn.hook_z")
                 writes = through_post_norm(model, hook, writes)
                 scale = post_scale(src, graph, hook)
@@ -374,8 +373,6 @@ def ablation_changes(src: Sources, p: Prompt, nodes: Nodes, ablated: torch.Tenso
 def prompt_phase(src: Sources, cache_dir: Path, tokens: set[int], progress: bool) -> None:
     """Compute and write ``prompts.json`` (unless a matching earlier build left it); add the
     token ids its pages show to ``tokens``."""
-    if not src.prompts:
-        return
     path = cache_dir / PROMPTS_FILE
     if path.is_file():
         prompts = read_prompts(cache_dir)

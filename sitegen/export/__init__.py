@@ -7,8 +7,8 @@ only the cache (no torch, no model).
 - ``site.export: [F, ...]`` writes them inside the site too, at ``export/<format>/``
   (``write_format``), and each feature page links the file holding it.
 
-A format is a module with two functions: ``export(inp, folder)`` (an ``Exporter``: writes the
-format's files under ``folder``) and ``feature_path(summary, dict_index, feature)`` (the path,
+A format is a module with two functions: ``export(inp, folder)`` (writes the format's files
+under ``folder``; the ``Format`` protocol) and ``feature_path(summary, dict_index, feature)`` (the path,
 relative to ``folder``, of the file holding one feature, for the page's "download JSON" link;
 None where the format has no file for that dictionary). ``FORMATS`` maps each format's name to
 its module, imported on first use.
@@ -17,7 +17,7 @@ its module, imported on first use.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
@@ -50,9 +50,6 @@ class ExportInput:
         from sitegen.cache.files import dictionary_summaries, read_token_table
 
         return cls(cache, manifest, dictionary_summaries(manifest), read_token_table(cache), cfg)
-
-
-Exporter = Callable[[ExportInput, Path], None]
 
 
 class Format(Protocol):

@@ -55,8 +55,8 @@ def split_of(rank: int, n_top: int, splits: tuple[str, ...] = SPLITS_TOP) -> str
 
 
 def layer_of(summary: DictionarySummary, feature: int) -> tuple[int, int]:
-    """(layer_index, neuron_index) of a feature: a head's layer and head number; else the
-    dictionary's layer (-1 for a model-level hook) and the feature id."""
+    """(layer_index, neuron_index) of a feature: a head's layer and head number, an imported
+    record's own; else the dictionary's layer (-1 for a model-level hook) and the feature id."""
     if summary.kind in (HEADS_KIND, RECORDS_KIND):
         return summary.head_of(feature)
     layer = summary.layer()

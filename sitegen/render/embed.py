@@ -23,6 +23,16 @@ def compact_number(x: float | int) -> float | int:
     return x
 
 
+def number_text(x: float | int) -> str:
+    """A number as pages print it: integers with thousands separators, floats as repr."""
+    x = compact_number(x)
+    return f"{x:,}" if isinstance(x, int) else repr(x)
+
+
+def percent_text(fraction: float) -> str:
+    return f"{fraction * 100:.3g}%"
+
+
 def compact_numbers(xs: list[float]) -> list[float | int]:
     return [compact_number(x) for x in xs]
 
@@ -41,7 +51,7 @@ def float24(x: float) -> float:
 
 def packed_floats(values: list[float]) -> str:
     """Base64 of 24-bit floats (``_bits24``), big-endian, 4 characters a value; a
-    4-significant-digit value survives ``toPrecision(4)``, NaN stays NaN. static/feature.js
+    4-significant-digit value survives ``toPrecision(4)``, NaN stays NaN. static/dom.js
     (``floats24``) decodes them."""
     top = _bits24(values)
     raw = (np.stack([top >> 16, top >> 8, top], axis=-1) & 0xFF).astype(np.uint8)

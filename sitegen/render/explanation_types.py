@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import yaml
 
+from sitegen.cache.head_data import HEADS_KIND
 from sitegen.errors import SitegenError
 from sitegen.report import log
 from sitegen.text import short_repr, visible
@@ -27,7 +28,6 @@ PLAIN_REQUIRED = ("dictionary", "feature", "explanation")
 FILE_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".yaml", ".yml", ".csv")
 MAX_TEXT_CHARS = 1000  # an explanation longer than this is cut (pages stay small)
 INDEX_TEXT_CHARS = 200  # the index keeps the best explanation's first characters
-HEADS_KIND = "attention_heads"
 DELPHI_NAME = re.compile(r"^(?P<module>.+)_latent(?P<index>\d+)\.txt$")
 MODULE_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 

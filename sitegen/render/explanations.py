@@ -57,16 +57,11 @@ from sitegen.errors import SitegenError
 from sitegen.hooks import hook_layer
 from sitegen.render.explanation_readers import _Reader
 from sitegen.render.explanation_types import (
-    DELPHI_NAME,
     ENTRY_KEYS,
-    FILE_SUFFIXES,
     FORMATS,
     HEADS_KIND,
     INDEX_TEXT_CHARS,
     MAX_TEXT_CHARS,
-    MODULE_LAYER,
-    PLAIN_FIELDS,
-    PLAIN_REQUIRED,
     Explanation,
     Explanations,
     ExplanationSource,
@@ -80,16 +75,11 @@ if TYPE_CHECKING:
     from sitegen.sources import Sources
 
 __all__ = [  # the public API; the types and constants live in explanation_types.py, re-exported here
-    "DELPHI_NAME",
     "ENTRY_KEYS",
-    "FILE_SUFFIXES",
     "FORMATS",
     "HEADS_KIND",
     "INDEX_TEXT_CHARS",
     "MAX_TEXT_CHARS",
-    "MODULE_LAYER",
-    "PLAIN_FIELDS",
-    "PLAIN_REQUIRED",
     "Explanation",
     "ExplanationSource",
     "ExplanationView",

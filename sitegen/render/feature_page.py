@@ -63,11 +63,11 @@ from sitegen.cache.feature_data import (
     TokenValues,
 )
 from sitegen.errors import SitegenError
+from sitegen.export.neuron_records import split_of
 from sitegen.hooks import hook_layer
 from sitegen.render.embed import compact_number, compact_numbers, float24, packed_floats
 
 SCHEMA_VERSION = 3  # 3: "splits"
-SPLITS = ("train", "calibration", "valid", "test")  # neuron-explainer's top-record splits, interleaved
 NAN = float("nan")  # a record's loss effect where the token has no hover
 
 # (FeatureData field, title, caption, id column, value column, extra column, ids are features)
@@ -135,11 +135,7 @@ def example_splits(fd: FeatureData) -> list[str | None]:
         return [None] * len(fd.top_examples)
     rank = {r.seq: n for n, r in reversed(list(enumerate(fd.records.top)))}
     n_top = len(fd.records.top)
-    per = n_top // len(SPLITS)
-    return [
-        SPLITS[rank[ex.seq] % len(SPLITS)] if ex.seq in rank and rank[ex.seq] < per * len(SPLITS) else None
-        for ex in fd.top_examples
-    ]
+    return [split_of(rank[ex.seq], n_top) if ex.seq in rank else None for ex in fd.top_examples]
 
 
 def example_groups(fd: FeatureData) -> list[IntervalGroup | list[Example]]:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from sitegen.cache.feature_data import DictionarySummary, TokenValues
 from sitegen.cache.head_data import HEADS_KIND, SCALARS, HeadData, HeadRecord
 from sitegen.errors import SitegenError
-from sitegen.render.embed import compact_number, packed_floats
+from sitegen.render.embed import compact_number, packed_floats, percent_text
 from sitegen.render.feature_page import TokenIndex, token_text
 
 SCHEMA_VERSION = 1
@@ -221,10 +221,6 @@ def _distance_bars(edges: list[int], mass: list[float]) -> list[DistanceBar]:
     return bars
 
 
-def _percent(x: float) -> str:
-    return f"{x * 100:.3g}%"
-
-
 def head_page_context(
     hd: HeadData,
     summary: DictionarySummary,
@@ -240,13 +236,13 @@ def head_page_context(
         raise _bad(hd, "its distance histogram has edges and bins that do not match")
 
     def shares(tv: TokenValues) -> list[tuple[str, str, float]]:
-        return [(token_text(texts, i), _percent(v), v) for i, v in zip(tv.token_ids, tv.values)]
+        return [(token_text(texts, i), percent_text(v), v) for i, v in zip(tv.token_ids, tv.values)]
 
     stats = [
         Stat("mean entropy (nats)", f"{s.entropy:g}", "mean over counted query tokens i of −Σ_j A[i,j]·ln A[i,j]"),
-        Stat("first token", _percent(s.first), "mean attention on position 0 (the first, BOS token)"),
-        Stat("previous token", _percent(s.previous), "mean attention on position i − 1 (queries that have one)"),
-        Stat("self", _percent(s.self), "mean attention of query token i on itself (key j = i)"),
+        Stat("first token", percent_text(s.first), "mean attention on position 0 (the first, BOS token)"),
+        Stat("previous token", percent_text(s.previous), "mean attention on position i − 1 (queries that have one)"),
+        Stat("self", percent_text(s.self), "mean attention of query token i on itself (key j = i)"),
         Stat(
             "mean write norm per pair",
             f"{s.write_mean:g}",

@@ -1,5 +1,5 @@
-"""The feature (and attention-head) pages of a site, rendered batch file by batch file in a
-pool of processes.
+"""The feature pages of a site (and the attention heads' and imported records'), rendered batch
+file by batch file in a pool of processes.
 
 Pages are independent: each task is one batch file of the cache (a dictionary index and a
 path), which a worker reads, renders and writes itself, returning only the batch's index

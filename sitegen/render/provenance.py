@@ -9,12 +9,7 @@ from sitegen.cache.feature_data import DictionarySummary
 from sitegen.cache.files import dictionary_summaries
 from sitegen.cache.head_data import HEADS_KIND
 from sitegen.cache.record_data import RECORDS_KIND
-from sitegen.render.embed import compact_number
-
-
-def number_text(x: float | int) -> str:
-    x = compact_number(x)
-    return f"{x:,}" if isinstance(x, int) else repr(x)
+from sitegen.render.embed import number_text
 
 
 @dataclass

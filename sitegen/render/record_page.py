@@ -3,7 +3,8 @@ the page's one JSON object, drawn by static/record.js.
 
 JSON (``v`` 1)::
 
-    {"v": 1, "dict": <dictionary index>, "id": <site id>, "prev": id | null, "next": id | null,
+    {"v": 1, "dictionary": <dictionary index>, "feature": <site id>,
+     "nav": [<previous built id> | null, <next built id> | null],
      "pairs": bool,            # token-pair records (the n-th token's n scalars, in order)
      "scale": float,           # the largest value of the top records (shading divides by it)
      "tokens": [<display text>, ...],          # page-local token table
@@ -137,10 +138,9 @@ def record_page_json(rd: RecordData, dict_index: int, nav: tuple[int | None, int
     top_values = [v for r in rd.top for v in r.token_values()]
     return {
         "v": SCHEMA_VERSION,
-        "dict": dict_index,
-        "id": rd.feature,
-        "prev": nav[0],
-        "next": nav[1],
+        "dictionary": dict_index,
+        "feature": rd.feature,
+        "nav": list(nav),
         "pairs": rd.is_pairs(),
         "scale": compact_number(max(top_values, default=0.0)),
         "tokens": list(table),

@@ -2,7 +2,8 @@
 the output and moved into place only when complete.
 
 Layout: ``index.html``, ``assets/index-data.js``, ``features/<dict index>/<id>.html`` (a
-feature's page, or an attention head's: ``head_page.py``), ``prompts/<slug>.html`` (a prompt's
+feature's page, an attention head's: ``head_page.py``, or an imported NeuronRecord's:
+``record_page.py``), ``prompts/<slug>.html`` (a prompt's
 page: ``prompt_page.py``),
 ``about.html``, ``<page>.html`` for each ``pages/*.md``, ``404.html``, ``.nojekyll``, and
 ``export/<format>/`` for each format ``site.export`` lists (``sitegen.export``).
@@ -40,7 +41,7 @@ from sitegen.errors import SitegenError
 from sitegen.export import FORMATS, ExportInput, site_formats, write_format
 from sitegen.folders import replace_folder
 from sitegen.render.assets import bundled_dir, static_markup
-from sitegen.render.embed import script_json_markup
+from sitegen.render.embed import number_text, percent_text, script_json_markup
 from sitegen.render.explanations import (
     Explanation,
     Explanations,
@@ -63,7 +64,7 @@ from sitegen.render.prompt_page import (
     prompt_page_context,
     prompt_page_json,
 )
-from sitegen.render.provenance import DictionaryListing, number_text, provenance_sections
+from sitegen.render.provenance import DictionaryListing, provenance_sections
 from sitegen.render.record_page import record_page_context, record_page_json
 
 TEMPLATES = bundled_dir("templates")
@@ -72,10 +73,6 @@ GENERATOR_META = '<meta name="generator" content="sitegen">'
 
 def signed_text(x: float | int) -> str:
     return ("+" if x > 0 else "") + number_text(x)
-
-
-def percent_text(fraction: float) -> str:
-    return f"{fraction * 100:.3g}%"
 
 
 def sign_class(x: float) -> str:
@@ -179,19 +176,17 @@ class SiteWriter:
         self.write_pages(listings)
         self.write_exports()
 
-    def write_index(
-        self, rows: Sequence[Row], listings: list[DictionaryListing], prompts: list[PromptListing] | None = None
-    ) -> None:
+    def write_index(self, rows: Sequence[Row], listings: list[DictionaryListing], prompts: list[PromptListing]) -> None:
         self.write(INDEX_DATA_PATH, index_script(rows, [d.name for d in listings]))
         self.render(
             "index.html",
             "index.html",
             dictionaries=listings,
             has_heads=any(d.kind == HEADS_KIND for d in listings),
-            prompts=prompts or [],
+            prompts=prompts,
             index_data_path=INDEX_DATA_PATH,
             page_css=static_markup("index.css"),
-            js=static_markup("index.js"),
+            js=static_markup("dom.js") + static_markup("index.js"),
         )
 
     def write_pages(self, listings: list[DictionaryListing]) -> None:
@@ -384,9 +379,9 @@ def render_site(cache_dir: Path, cfg: Config, out_dir: Path, *, workers: int | N
     rendering the feature pages (None: one per core, none for a small site; 1: in this one)."""
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     manifest = read_manifest(cache_dir)
-    notes = load_notes(cfg.resolve(cfg.site.notes), dictionary_summaries(manifest)) if cfg.site.notes else {}
-    pages = load_pages(cfg.resolve(cfg.site.pages)) if cfg.site.pages else []
     summaries = dictionary_summaries(manifest)
+    notes = load_notes(cfg.resolve(cfg.site.notes), summaries) if cfg.site.notes else {}
+    pages = load_pages(cfg.resolve(cfg.site.pages)) if cfg.site.pages else []
     explanations = load_explanations(cfg, site_dictionaries(summaries)) if cfg.site.explanations else {}
     if not is_replaceable(out_dir):
         raise SitegenError(f"{out_dir}: exists and is not a site made by sitegen; remove it or choose another 'out'")

@@ -47,6 +47,13 @@ class HeadDictionary:
         """The key/value head a query head reads (TransformerLens repeats each one in place)."""
         return head // (self.n_heads // self.n_kv_heads)
 
+    def head_writes(self, v: torch.Tensor, w_o: torch.Tensor, heads: list[int]) -> torch.Tensor:
+        """[..., head, key, d_model]: v_key @ W_O[head] for each of ``heads``, a grouped-query head
+        reading its key/value head. ``v``: [..., key, kv heads (or heads), d_head] as ``attn.hook_v``
+        gives it; ``w_o``: [len(heads), d_head, d_model], those heads' rows of W_O."""
+        kv = [self.kv_head(h) if v.shape[-2] != self.n_heads else h for h in heads]
+        return torch.einsum("...khd,hdm->...hkm", v[..., kv, :], w_o)
+
     def heads_by_layer(self) -> dict[int, list[int]]:
         """The built heads of each layer, ascending."""
         out: dict[int, list[int]] = {}
@@ -54,10 +61,6 @@ class HeadDictionary:
             layer, head = self.head_of(f)
             out.setdefault(layer, []).append(head)
         return out
-
-    def weights(self, model: HookedTransformer) -> list[torch.Tensor]:
-        """W_O of the dictionary's layers, [n_heads, d_head, d_model] each (its fingerprint)."""
-        return [model.blocks[layer].attn.W_O.detach() for layer in self.layers]
 
 
 def load_heads(model: HookedTransformer, dc: DictionaryConfig, where: str) -> HeadDictionary:
