@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -40,6 +40,8 @@ from sitegen.cache.head_data import HeadData, HeadRecord, HeadSummary, PairScala
 from sitegen.cache.prompt_data import Ablation, PromptData, PromptNode, Trace, Upstream
 from sitegen.cache.record_data import RecordData, record_data_from_dict
 from sitegen.errors import SitegenError
+
+T = TypeVar("T")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -153,12 +155,17 @@ def feature_data_from_dict(d: dict) -> FeatureData:
     )
 
 
-def read_batch(path: Path) -> list[FeatureData]:
+def _read_list(path: Path, from_dict: Callable[[dict], T], what: str) -> list[T]:
+    """A batch file's objects; one line naming the file where it is not ``what`` of this sitegen."""
     data = read_json(path)
     try:
-        return [feature_data_from_dict(d) for d in data]
+        return [from_dict(d) for d in data]
     except (KeyError, TypeError) as err:
-        raise SitegenError(f"{path}: not a feature batch of this sitegen ({err}); rebuild the cache") from None
+        raise SitegenError(f"{path}: not {what} of this sitegen ({err}); rebuild the cache") from None
+
+
+def read_batch(path: Path) -> list[FeatureData]:
+    return _read_list(path, feature_data_from_dict, "a feature batch")
 
 
 def _record(d: dict) -> HeadRecord:
@@ -182,19 +189,11 @@ def head_data_from_dict(d: dict) -> HeadData:
 
 
 def read_head_batch(path: Path) -> list[HeadData]:
-    data = read_json(path)
-    try:
-        return [head_data_from_dict(d) for d in data]
-    except (KeyError, TypeError) as err:
-        raise SitegenError(f"{path}: not an attention-head batch of this sitegen ({err}); rebuild the cache") from None
+    return _read_list(path, head_data_from_dict, "an attention-head batch")
 
 
 def read_record_batch(path: Path) -> list[RecordData]:
-    data = read_json(path)
-    try:
-        return [record_data_from_dict(d) for d in data]
-    except (KeyError, TypeError) as err:
-        raise SitegenError(f"{path}: not a NeuronRecord batch of this sitegen ({err}); rebuild the cache") from None
+    return _read_list(path, record_data_from_dict, "a NeuronRecord batch")
 
 
 PROMPTS_FILE = "prompts.json"
