@@ -143,25 +143,54 @@ def validate(config_path: Path) -> None:
 @cli.command()
 @CONFIG_OPTION
 @OUT_OPTION
-def build(config_path: Path, out: Path | None) -> None:
+@click.option(
+    "--executor",
+    "executor_kind",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Where the shards run (default: the config's executor.kind).",
+)
+@click.option("--address", default=None, help='Ray cluster: "auto" or ray://host:port (default: executor.address).')
+def build(config_path: Path, out: Path | None, executor_kind: str | None, address: str | None) -> None:
     """Compute every feature's data (resumable) and render the site."""
     from sitegen.config import load_config
     from sitegen.render import render_site
 
     cfg = load_config(config_path)
+    if executor_kind:
+        cfg.executor.kind = executor_kind  # type: ignore[assignment]  # one of click's choices
+    if address:
+        if cfg.executor.kind != "ray":
+            raise SitegenError("--address: only with --executor ray (or executor.kind: ray)")
+        cfg.executor.address = address
     out_dir = output_dir(cfg, out)
     if not cfg.needs_model():
         build_imports(cfg, out_dir)
         return
     from sitegen.compute import build_feature_cache
+    from sitegen.compute.executors import make_executor
     from sitegen.sources import load_sources
 
+    if cfg.executor.kind == "ray":
+        from sitegen.compute.executors import import_ray
+
+        import_ray()  # a missing extra is one line before the model loads
     sources = load_sources(cfg)
     log.info(describe(sources))
     if cfg.site.explanations:  # checked before the model pass, not after it
         log.info(f"[sitegen] {explanations_line(cfg, built_dictionaries(sources))}")
     cache = cache_dir(cfg)
-    stats = build_feature_cache(sources, cache)["stats"]
+    executor = make_executor(sources, max(cfg.executor.token_shards, cfg.executor.feature_shards))
+    try:
+        stats = build_feature_cache(sources, cache, executor=executor)["stats"]
+        report_build(sources, stats)
+        render_site(cache, cfg, out_dir, pool=executor.page_pool())
+    finally:
+        executor.close()
+    click.echo(f"site written to {out_dir}")
+
+
+def report_build(sources: Sources, stats: dict) -> None:
     n_features = sum(len(d.feature_ids) for d in sources.dictionaries)
     n_heads = sum(len(h.feature_ids) for h in sources.heads)
     n_imported = sum(len(f.files) for f in sources.imports)
@@ -172,8 +201,6 @@ def build(config_path: Path, out: Path | None) -> None:
         + f" from {stats['model_passes']} model pass(es); "
         f"{stats['reused_batches']} feature batches reused; {stats['n_nonfinite']} non-finite activations excluded"
     )
-    render_site(cache, cfg, out_dir)
-    click.echo(f"site written to {out_dir}")
 
 
 def build_imports(cfg: Config, out_dir: Path) -> None:

@@ -134,6 +134,24 @@ class SiteConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where the build runs (``compute/executors.py``). The work is cut the same way on every
+    executor: ``token_shards`` ranges of sequences (each its own model pass and encode; it
+    decides the order of the streamed float64 sums, so it is a key of the cache), and
+    ``feature_shards`` groups of feature batches. Only the executor's own settings (kind,
+    address, resources, workers, storage) leave the cache's bytes unchanged."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # ray: "auto", "ray://host:port", or absent: start a local instance
+    token_shards: int = 1
+    feature_shards: int = 1
+    workers: int | None = None  # ray: actors (default: as many as the cluster's CPUs allow, at most the shards)
+    num_cpus: float = 1.0  # ray: per actor
+    num_gpus: float = 0.0  # ray: per actor
+    storage: str | None = None  # shard outputs, on a folder every node reads and writes (default: in the cache)
+
+
+@dataclass
 class Config:
     dictionaries: list[DictionaryConfig]
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # not needed when nothing needs the model
@@ -144,6 +162,7 @@ class Config:
     prompts: list[PromptConfig] = field(default_factory=list)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     out: str = "site"
     cache: str = ".sitegen-cache"  # feature-data cache (resumable builds; `sitegen render` reads it)
     seed: int = 0
@@ -178,6 +197,9 @@ POSITIVE = {
     "top_keys",
     "nodes",
     "upstream",
+    "token_shards",
+    "feature_shards",
+    "workers",
 }
 NON_NEGATIVE = {
     "context_before",
@@ -323,6 +345,11 @@ def _check(cfg: Config, where: str) -> None:
             raise SitegenError(f"{where}.prompts[{i}].text: the prompt is empty")
         if not pc.target:
             raise SitegenError(f"{where}.prompts[{i}].target: give the target token's text")
+    ex = cfg.executor
+    if ex.num_cpus < 0 or ex.num_gpus < 0:
+        raise SitegenError(f"{where}.executor: num_cpus and num_gpus must be >= 0, got {ex.num_cpus}, {ex.num_gpus}")
+    if ex.kind == "local" and (ex.address or ex.storage or ex.workers):
+        raise SitegenError(f"{where}.executor: 'address', 'workers' and 'storage' are for kind 'ray'")
     ds = cfg.dataset
     if cfg.needs_model() and not ds.paths and not ds.hf_name:
         raise SitegenError(f"{where}.dataset: give 'paths' (local files) or 'hf_name'")

@@ -115,7 +115,7 @@ def test_resume_reuses_batches_and_is_identical(built, tmp_path, caplog):
 KILLER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from sitegen.compute import writing
+from sitegen.compute import feature_shard as writing
 from sitegen.compute.engine import build_feature_cache
 from sitegen.config import load_config
 from sitegen.sources import load_sources

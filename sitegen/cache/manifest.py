@@ -30,11 +30,13 @@ def _digest(obj: Any) -> str:
 def config_keys(cfg: Config) -> dict[str, str]:
     """Digest of each config key the cache depends on: ``<section>.<key>`` of the features,
     heads, records, dataset, model and attribution sections, ``dictionaries[i].<key>``,
-    ``prompts[i].<key>``, the numbers of dictionaries and prompts, and ``seed``."""
+    ``prompts[i].<key>``, the numbers of dictionaries and prompts, ``seed`` and
+    ``executor.token_shards`` (not the executor's kind, address, resources or storage)."""
     keys = {
         "seed": _digest(cfg.seed),
         "dictionaries": _digest(len(cfg.dictionaries)),
         "prompts": _digest(len(cfg.prompts)),
+        "executor.token_shards": _digest(cfg.executor.token_shards),  # the order of the float64 sums
     }
     sections: list[tuple[str, Any]] = [
         ("features", cfg.features),

@@ -127,9 +127,10 @@ def capture_activations(
     cache_dir: Path,
     progress: bool,
     observers: Sequence[PassObserver] = (),
+    first_seq: int = 0,
 ) -> ActivationCache:
-    """Run the model once over ``tokens``, stopping after the deepest hook needed (the
-    ``observers`` see their hooks in the same pass)."""
+    """Run the model once over ``tokens`` (the dataset's sequences from ``first_seq`` on),
+    stopping after the deepest hook needed (the ``observers`` see their hooks in the same pass)."""
     start = time.perf_counter()
     n_seq, ctx = tokens.shape
     sources = {name: source_hook(name) for name in widths}
@@ -149,7 +150,7 @@ def capture_activations(
                 chunk = tokens[s : s + batch_size]
                 rows = slice(s * ctx, (s + len(chunk)) * ctx)
                 for o in observers:
-                    o.begin(s, len(chunk))
+                    o.begin(first_seq + s, len(chunk))
                 model(chunk.to(device), stop_at_layer=stop, return_type=None)
                 cache.release()
     except BaseException:

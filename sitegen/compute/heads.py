@@ -159,6 +159,33 @@ class HeadRecorder:
         self.v: dict[int, torch.Tensor] = {}
         self.seconds = 0.0  # spent in the hooks
 
+    def state(self) -> dict:
+        """What this recorder gathered over its sequences (one token shard's part), for ``absorb``."""
+        layers = {layer: (st.top, st.random, st.sums) for layer, st in self.layers.items()}
+        return {"layers": layers, "counts": (self.n_queries, self.n_previous, self.n_pairs), "seconds": self.seconds}
+
+    def absorb(self, state: dict) -> None:
+        """Add the part a recorder gathered over later sequences (token shards taken in order, so
+        ties between records still go to the earlier sequence)."""
+        for layer, (top, random, sums) in state["layers"].items():
+            st = self.layers[layer]
+            if top:
+                st.merge_top(top)
+            if random:
+                if not st.random:
+                    st.random = {f: t.clone() for f, t in random.items()}
+                else:
+                    slots = random["seq"][0] >= 0  # the slots that part filled
+                    for f in FIELDS:
+                        st.random[f][:, slots] = random[f][:, slots]
+            for key, value in sums.items():
+                st.sums[key] += value
+        n_queries, n_previous, n_pairs = state["counts"]
+        self.n_queries += n_queries
+        self.n_previous += n_previous
+        self.n_pairs += n_pairs
+        self.seconds += state["seconds"]
+
     def random_positions(self, seed: int, n: int) -> tuple[list[int], list[int]]:
         """Seeded distinct sequences, ascending, each with a counted query position drawn at random."""
         rng = np.random.default_rng([seed, RANDOM_STREAM])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -37,6 +37,12 @@ class BatchWriter(Protocol):
 
 
 Task = tuple[int, Path]  # (dictionary index, batch file)
+
+
+class PagePool(Protocol):
+    """Workers elsewhere (the Ray executor's tasks) that render batch files, rows in task order."""
+
+    def write_batches(self, tasks: list[Task], make_writer: Callable[[], BatchWriter]) -> Iterator[list[Row]]: ...
 
 
 def available_cpus() -> int:
@@ -79,20 +85,24 @@ def render_batches(
     make_writer: Callable[[], BatchWriter],
     n_pages: int,
     workers: int | None = None,
+    pool: PagePool | None = None,
 ) -> Generator[list[Row], None, None]:
-    """Each task's index rows, in task order: rendered by ``local`` in this process when
-    ``pool_size`` is 1, else by workers that each make their own writer with ``make_writer``
-    (picklable). Close the iterator to stop early: pending tasks are cancelled and running
-    ones finished before it returns, so no worker writes afterwards."""
+    """Each task's index rows, in task order: rendered by ``pool`` when given, else by ``local``
+    in this process when ``pool_size`` is 1, else by workers that each make their own writer
+    with ``make_writer`` (picklable). Close the iterator to stop early: pending tasks are
+    cancelled and running ones finished before it returns, so no worker writes afterwards."""
+    if pool is not None:
+        yield from pool.write_batches(tasks, make_writer)
+        return
     n_workers = pool_size(n_pages, len(tasks), workers)
     if n_workers == 1:
         for index, path in tasks:
             yield local.write_batch(index, path)
         return
     context = multiprocessing.get_context(start_method())
-    pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=_start_worker, initargs=(make_writer,))
+    processes = ProcessPoolExecutor(n_workers, mp_context=context, initializer=_start_worker, initargs=(make_writer,))
     try:
-        futures = [pool.submit(_write_batch, index, path) for index, path in tasks]
+        futures = [processes.submit(_write_batch, index, path) for index, path in tasks]
         for future in futures:
             try:
                 rows = future.result()
@@ -104,4 +114,4 @@ def render_batches(
                 ) from None
             yield rows
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        processes.shutdown(wait=True, cancel_futures=True)

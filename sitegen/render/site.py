@@ -54,7 +54,7 @@ from sitegen.render.feature_page import feature_page_context, feature_page_json
 from sitegen.render.head_page import LayerLinks, head_page_context, head_page_json
 from sitegen.render.index_data import INDEX_DATA_PATH, IndexRow, Row, head_row, index_row, index_script, record_row
 from sitegen.render.markup import Page, load_notes, load_pages, markdown_html, plain_snippet
-from sitegen.render.pages_pool import render_batches
+from sitegen.render.pages_pool import PagePool, render_batches
 from sitegen.render.prompt_page import (
     PromptListing,
     PromptSite,
@@ -156,9 +156,9 @@ class SiteWriter:
         root = "../" * relative.count("/")
         self.write(relative, self.env.get_template(template).render(root=root, **context))
 
-    def write_all(self, workers: int | None = None) -> None:
+    def write_all(self, workers: int | None = None, pool: PagePool | None = None) -> None:
         """Every file of the site. ``workers``: processes for the feature pages (None: one per
-        core, or none for a small site; 1: render here)."""
+        core, or none for a small site; 1: render here); ``pool``: render them there instead."""
         self.write(".nojekyll", "")
         files = [batch_files(self.cache, i) for i in range(len(self.summaries))]
         tasks = [(i, path) for i, paths in enumerate(files) for path in paths]
@@ -166,7 +166,7 @@ class SiteWriter:
         rows: list[Row] = []
         listings = []
         # batch results come back in task order, so rows and errors follow the sequential order
-        with closing(render_batches(tasks, self, self.worker_factory(), n_pages, workers)) as results:
+        with closing(render_batches(tasks, self, self.worker_factory(), n_pages, workers, pool)) as results:
             for index, summary in enumerate(self.summaries):
                 dict_rows = [row for _ in files[index] for row in next(results)]
                 listings.append(self.listing(summary, dict_rows))
@@ -373,10 +373,13 @@ def is_replaceable(out_dir: Path) -> bool:
     )
 
 
-def render_site(cache_dir: Path, cfg: Config, out_dir: Path, *, workers: int | None = None) -> Path:
+def render_site(
+    cache_dir: Path, cfg: Config, out_dir: Path, *, workers: int | None = None, pool: PagePool | None = None
+) -> Path:
     """Build the site for the feature cache ``cache_dir`` into ``out_dir``; returns ``out_dir``.
     A failed render leaves a previous site at ``out_dir`` untouched. ``workers``: processes
-    rendering the feature pages (None: one per core, none for a small site; 1: in this one)."""
+    rendering the feature pages (None: one per core, none for a small site; 1: in this one);
+    ``pool``: the Ray executor's tasks render them instead."""
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     manifest = read_manifest(cache_dir)
     summaries = dictionary_summaries(manifest)
@@ -389,7 +392,7 @@ def render_site(cache_dir: Path, cfg: Config, out_dir: Path, *, workers: int | N
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         tmp.chmod(0o755)
-        SiteWriter(tmp, cache_dir, cfg, manifest, notes, pages, explanations).write_all(workers)
+        SiteWriter(tmp, cache_dir, cfg, manifest, notes, pages, explanations).write_all(workers, pool)
         replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
