@@ -348,8 +348,6 @@ def _check(cfg: Config, where: str) -> None:
     ex = cfg.executor
     if ex.num_cpus < 0 or ex.num_gpus < 0:
         raise SitegenError(f"{where}.executor: num_cpus and num_gpus must be >= 0, got {ex.num_cpus}, {ex.num_gpus}")
-    if ex.kind == "local" and (ex.address or ex.storage or ex.workers):
-        raise SitegenError(f"{where}.executor: 'address', 'workers' and 'storage' are for kind 'ray'")
     ds = cfg.dataset
     if cfg.needs_model() and not ds.paths and not ds.hf_name:
         raise SitegenError(f"{where}.dataset: give 'paths' (local files) or 'hf_name'")

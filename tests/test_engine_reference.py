@@ -378,6 +378,21 @@ def check_direct_parameters(hover, basis, coef: float, delta: np.ndarray, capped
 @pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk"])
 def test_matches_reference(tmp_path, seed, architecture):
     src = project(tmp_path, seed, architecture)
+    check_build(src, tmp_path, seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_token_and_feature_shards_match_reference(tmp_path, seed):
+    """The sharded decomposition (3 token shards of whole model batches, 3 feature shards) is
+    checked against the same whole-data references as one shard."""
+    features = {"feature_batch_size": 16, "token_batch_size": 4}
+    extra = {"features": features, "executor": {"token_shards": 3, "feature_shards": 3}}
+    src = load_sources(load_config(write_project(tmp_path, seed=seed, n_seq=24, extra=extra)))
+    assert src.config.executor.token_shards == 3
+    check_build(src, tmp_path, seed)
+
+
+def check_build(src, tmp_path: Path, seed: int) -> None:
     manifest, feats = build(src, tmp_path)
     cfg = src.config.features
     assert manifest["stats"]["model_passes"] == 1

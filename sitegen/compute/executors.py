@@ -25,7 +25,7 @@ from sitegen.errors import SitegenError
 from sitegen.sources import Sources
 
 Stage = Callable[[Sources, BuildPlan, int], dict]
-RETRIES = 3  # attempts after the first, of a task whose worker died, and restarts of its actor
+RETRIES = 3  # attempts after the first of a task whose worker died (its actor restarts each time)
 
 
 class Executor(Protocol):
@@ -111,7 +111,7 @@ class RayExecutor:
         n = ex.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // max(ex.num_cpus, 1e-3)))
         n = max(1, min(n, most))
         actor = ray.remote(ShardWorker).options(
-            num_cpus=ex.num_cpus, num_gpus=ex.num_gpus, max_restarts=RETRIES, max_task_retries=RETRIES
+            num_cpus=ex.num_cpus, num_gpus=ex.num_gpus, max_restarts=-1, max_task_retries=RETRIES
         )
         self.actors = [actor.remote(config) for _ in range(n)]
         self.seconds: dict[str, list[float]] = {}  # per stage, each shard's time on its worker
