@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_executor_ray import SEED, local_build, sharded_project, tree
+from shard_fixtures import local_build, sharded_project, tree
+from test_executor_ray import SEED
 
 pytest.importorskip("ray")
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"

@@ -23,7 +23,7 @@ from sitegen.compute.hovers import HoverRequest, LogitTable
 from sitegen.compute.records import feature_records
 from sitegen.compute.serialise import FeatureTensors
 from sitegen.compute.stats import batch_stats, dense_histograms, row_histograms
-from sitegen.compute.store import NeuronActs, SparseActs
+from sitegen.compute.store import ActivationStore
 from sitegen.config import FeaturesConfig, RecordsConfig
 from sitegen.sources.dictionaries import Dictionary
 
@@ -34,7 +34,7 @@ class DictionaryContext:
 
     index: int
     d: Dictionary
-    acts: SparseActs | NeuronActs
+    acts: ActivationStore
     decoder: torch.Tensor  # [d_sae, d_in]
     unit_decoder: torch.Tensor  # [d_sae, d_in] rows of unit norm
     directions: torch.Tensor | None  # [d_sae, d_model] residual directions

@@ -107,7 +107,7 @@ def build_feature_cache(
         write_record_batches(folder, cache_dir, n_models + j, plan[n_models + j])
     todo = [i for i in range(n_dicts) if missing[i]]
     bp = BuildPlan(
-        storage=storage_root(src, cache_dir) / run_key(head, missing),
+        storage=storage_root(src, cache_dir) / run_key(head),
         out=cache_dir,
         plan=plan,
         missing=missing,
@@ -131,7 +131,7 @@ def build_feature_cache(
         run["model_passes"] = int(any(r["model_passes"] for r in shards))
         if bp.heads:
             for i, recorder in merged_heads(src, bp).items():
-                write_heads(cache_dir, i, recorder.head_data(), plan[i], Shown(set(), set()))
+                write_heads(cache_dir, i, recorder.head_data(), plan[i])
         stage("feature shards", feature_shard, list(range(len(bp.features))))
         if waiting(bp):
             counts = stage("hovers", hover_shard, list(range(len(bp.tokens))))

@@ -66,7 +66,7 @@ def import_ray() -> Any:
         import ray
     except ImportError:
         raise SitegenError(
-            'executor.kind: "ray" needs Ray, which is not installed: pip install "sitegen[ray]"'
+            'executor.kind: "ray" needs Ray, which is not installed: pip install "sitegen-dashboards[ray]"'
         ) from None
     return ray
 

@@ -80,7 +80,7 @@ def batch_context(src: Sources, i: int, acts: ShardedActs) -> DictionaryContext:
     return DictionaryContext(
         index=i,
         d=d,
-        acts=acts,  # type: ignore[arg-type]  # the store's interface
+        acts=acts,
         decoder=decoder,
         unit_decoder=unit_rows(decoder),
         directions=None if directions is None else directions.detach().float().cpu(),
@@ -112,20 +112,29 @@ def feature_shard(src: Sources, bp: BuildPlan, f: int) -> dict:
             acts = ShardedActs(bp, i, b)
             ctx = batch_context(src, i, acts)
             ids = bp.plan[i][b]
-            table = None
+            table, arrays = None, scratch(src, bp, f"features-{f}")
             if ctx.effects == "direct":
-                table = LogitTable(len(ids), src.model.cfg.d_vocab, basis_width(src), Arrays(2**62, bp.storage))
-            tensors, request = batch_tensors(src.model, src.data.tokens, fc, ctx, ids, table)
-            acts.close()
-            built += len(ids)
-            if request is None:
-                write_batch(bp.out, i, b, feature_data(tensors))
-                continue
-            if table is not None:
-                save_array(bp.logit_effects(i, b), table.u)
-            u_max, basis = (None, None) if table is None else (table.u_max, table.basis)
-            save(bp.pending(i, b), {"tensors": tensors, "request": request, "u_max": u_max, "basis": basis})
+                table = LogitTable(len(ids), src.model.cfg.d_vocab, basis_width(src), arrays)
+            try:
+                tensors, request = batch_tensors(src.model, src.data.tokens, fc, ctx, ids, table)
+                acts.close()
+                built += len(ids)
+                if request is None:
+                    write_batch(bp.out, i, b, feature_data(tensors))
+                    continue
+                if table is not None:
+                    save_array(bp.logit_effects(i, b), table.u)
+                u_max, basis = (None, None) if table is None else (table.u_max, table.basis)
+                save(bp.request(i, b), {"request": request, "u_max": u_max, "basis": basis})
+                save(bp.pending(i, b), tensors)  # last: a pending batch has its request
+            finally:
+                arrays.close()
     return {"features": built}
+
+
+def scratch(src: Sources, bp: BuildPlan, name: str) -> Arrays:
+    """Memory within ``features.activation_cache_mb``, beyond it files in the storage's scratch."""
+    return Arrays(src.config.features.activation_cache_mb * 2**20, bp.storage / "scratch" / name)
 
 
 def waiting(bp: BuildPlan) -> list[tuple[int, int]]:
@@ -136,17 +145,17 @@ def waiting(bp: BuildPlan) -> list[tuple[int, int]]:
 def hover_shard(src: Sources, bp: BuildPlan, s: int) -> dict:
     """Every waiting hover at a position of token shard ``s``: a table per waiting batch (rows in
     its request's order, for the positions in this shard)."""
-    if bp.hovers(s).is_file():
+    keys = waiting(bp)
+    if bp.hovers(s).is_file() and set(keys) <= set(load(bp.hovers(s))):
         return {"hovers": 0, "hover_positions": 0}
     model, fc = src.model, src.config.features
     lo, hi = (q * src.data.tokens.shape[1] for q in bp.tokens[s])
     folder = bp.shard_dir(s)
     final = load_array(folder / "final.npy")
-    keys = waiting(bp)
     shard: dict[tuple[int, int], HoverRequest] = {}
     meta: dict[tuple[int, int], dict] = {}
     for key in keys:
-        meta[key] = load(bp.pending(*key))
+        meta[key] = load(bp.request(*key))
         r = meta[key]["request"]
         here = (r.flat >= lo) & (r.flat < hi)
         shard[key] = HoverRequest(r.rows[here], r.flat[here] - lo, r.acts[here], r.next_tok[here])
@@ -154,14 +163,18 @@ def hover_shard(src: Sources, bp: BuildPlan, s: int) -> dict:
     tables: dict[tuple[int, int], HoverTable] = {}
     if direct:
         n_rows = sum(len(meta[k]["u_max"]) for k in direct)
-        logits = LogitTable(n_rows, model.cfg.d_vocab, basis_width(src), Arrays(2**62, bp.storage))
-        requests = []
-        for k in direct:
-            first = logits.add(load_array(bp.logit_effects(*k)), meta[k]["basis"])
-            r = shard[k]
-            requests.append(HoverRequest(r.rows + first, r.flat, r.acts, r.next_tok))
-        for k, table in zip(direct, direct_tables_of(src, final, logits, requests)):
-            tables[k] = table
+        arrays = scratch(src, bp, f"hovers-{s}")
+        try:
+            logits = LogitTable(n_rows, model.cfg.d_vocab, basis_width(src), arrays)
+            requests = []
+            for k in direct:
+                first = logits.add(load_array(bp.logit_effects(*k)), meta[k]["basis"])
+                r = shard[k]
+                requests.append(HoverRequest(r.rows + first, r.flat, r.acts, r.next_tok))
+            for k, table in zip(direct, direct_tables_of(src, final, logits, requests)):
+                tables[k] = table
+        finally:
+            arrays.close()
     for i in sorted({k[0] for k in keys if meta[k]["u_max"] is None}):
         group = [k for k in keys if k[0] == i and meta[k]["u_max"] is None]
         d = src.dictionaries[i]
@@ -217,11 +230,10 @@ def write_shard(src: Sources, bp: BuildPlan, f: int) -> dict:
     shards = [load(bp.hovers(s)) for s in range(len(bp.tokens))]
     with paused_gc():
         for key in mine:
-            meta = load(bp.pending(*key))
-            flat = meta["request"].flat
+            flat = load(bp.request(*key))["request"].flat
             where = [((flat >= lo * n_ctx) & (flat < hi * n_ctx)).nonzero().squeeze(1) for lo, hi in bp.tokens]
             table = cat_tables([shard[key] for shard in shards], k)
-            tensors = meta["tensors"]
+            tensors = load(bp.pending(*key))
             tensors.hovers = table.take(torch.argsort(torch.cat(where)))
             write_batch(bp.out, *key, feature_data(tensors))
     return {}

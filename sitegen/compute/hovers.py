@@ -1,14 +1,14 @@
-"""The hover phase: the hovers of every batch a build computes, grouped by position across
-all batches of all dictionaries.
+"""Hovers grouped by position across batches: the hover stage (``feature_shard.hover_shard``)
+runs these on one token shard's positions.
 
 Each batch hands over a ``HoverRequest`` (its pairs of feature and position, with the
-activation) and, for ``direct`` effects, puts its features' logit effects into the build's
+activation) and, for ``direct`` effects, its features' logit effects, which go into one
 ``LogitTable``. All ``direct`` hovers are then computed in one pass over positions
 (``effects.direct_hovers``): a position's clean logits and probabilities are computed once,
 whichever features of whichever dictionaries hover there. The ``exact`` hovers of one
 dictionary go into one set of re-runs (``effects.exact_hovers`` sorts the copies of all its
 features by length). A hover's numbers depend only on its own position, feature and
-activation, so they come out the same whichever other batches a build computes.
+activation, so they come out the same whichever other batches or shards share the work.
 """
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
-from sitegen.compute.activations import ActivationCache, final_resid_hook
 from sitegen.compute.effects import HoverTable, NormConvention, direct_hovers, exact_hovers
-from sitegen.compute.serialise import FeatureTensors
 from sitegen.compute.spill import Arrays
-from sitegen.sources import Sources
 
 
 @dataclass
@@ -154,67 +150,3 @@ def exact_tables(
         tick=tick,
     )
     return split_table(table, [len(r.rows) for r in requests])
-
-
-def distinct_positions(requests: list[HoverRequest]) -> int:
-    """How many positions the requests' hovers are at."""
-    return len(torch.unique(torch.cat([r.flat for r in requests]))) if requests else 0
-
-
-@dataclass
-class Pending:
-    """A batch built but for its hovers."""
-
-    dictionary: int
-    batch: int
-    tensors: FeatureTensors
-    request: HoverRequest
-
-
-def hover_phase(
-    src: Sources,
-    cache: ActivationCache,
-    *,
-    norm: NormConvention,
-    logits: LogitTable | None,
-    pending: list[Pending],
-    exact: dict[int, ExactSource],
-    progress: bool,
-) -> dict[str, int]:
-    """Fill in the hovers of every pending batch (dictionaries in ``exact``: exact hovers, the
-    others direct); returns the counts of hovers and of the distinct positions of direct ones."""
-    model, fc = src.model, src.config.features
-    final = cache.acts[final_resid_hook(model)]
-    direct = [p for p in pending if p.dictionary not in exact]
-    n_hovers = sum(len(p.request.rows) for p in pending)
-    with tqdm(total=n_hovers, desc="hovers", unit="hover", disable=not progress, smoothing=0.05) as bar:
-        if direct:
-            assert logits is not None, "direct hovers read the logit table"
-            tables = direct_tables(
-                model,
-                norm=norm,
-                final=final,
-                logits=logits,
-                requests=[p.request for p in direct],
-                k=fc.hover_top,
-                release=cache.release,
-                tick=bar.update,
-            )
-            for p, table in zip(direct, tables):
-                p.tensors.hovers = table
-        for i, source in exact.items():
-            group = [p for p in pending if p.dictionary == i]
-            tables = exact_tables(
-                model,
-                source=source,
-                tokens=src.data.tokens,
-                final=final,
-                requests=[p.request for p in group],
-                k=fc.hover_top,
-                batch_size=fc.token_batch_size,
-                release=cache.release,
-                tick=bar.update,
-            )
-            for p, table in zip(group, tables):
-                p.tensors.hovers = table
-    return {"hovers": n_hovers, "hover_positions": distinct_positions([p.request for p in direct])}

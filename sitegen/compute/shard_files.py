@@ -26,9 +26,9 @@ from sitegen.errors import SitegenError
 SHARDS_DIR = "shards.tmp"  # the local executor's storage, under the cache folder
 
 
-def run_key(head: dict, missing: dict[int, list[int]]) -> str:
-    """The storage folder's name: a digest of the manifest's head and of the batches to build."""
-    text = json.dumps({"head": head, "missing": {str(k): v for k, v in missing.items()}}, sort_keys=True)
+def run_key(head: dict) -> str:
+    """The storage folder's name: a digest of the manifest's head (config keys, inputs)."""
+    text = json.dumps(head, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
@@ -64,8 +64,24 @@ class BuildPlan:
     def shard_dir(self, s: int) -> Path:
         return self.storage / "tokens" / str(s)
 
+    def contents(self) -> dict:
+        """What a token shard holds for this plan: each dictionary's batches, the head dictionaries."""
+        return {"batches": {str(i): self.missing[i] for i in self.todo}, "heads": self.heads}
+
+    def covered(self, held: dict) -> bool:
+        """Whether a finished token shard holding ``held`` has all this plan needs."""
+        batches = held.get("batches", {})
+        return set(self.heads) <= set(held.get("heads", [])) and all(
+            set(self.missing[i]) <= set(batches.get(str(i), [])) for i in self.todo
+        )
+
     def pending(self, i: int, b: int) -> Path:
+        """A batch built but for its hovers (its FeatureTensors)."""
         return self.storage / "pending" / f"{i}-{b}.pt"
+
+    def request(self, i: int, b: int) -> Path:
+        """That batch's hover request (and, for direct effects, its logit effects' maxima and basis)."""
+        return self.storage / "pending" / f"{i}-{b}.request.pt"
 
     def logit_effects(self, i: int, b: int) -> Path:
         return self.storage / "pending" / f"{i}-{b}.u.npy"

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -47,6 +48,25 @@ class BatchEntries:
     def keys(self, n_tok: int) -> torch.Tensor:
         """[m] int64 ascending: row * n_tok + tok, for lookups with searchsorted."""
         return self.rows * n_tok + self.tok
+
+
+class ActivationStore(Protocol):
+    """What a feature batch reads of a dictionary's activations over the whole data: a store
+    (``SparseActs``, ``NeuronActs``) or the token shards' parts (``feature_shard.ShardedActs``)."""
+
+    n_clean: int
+    sx: torch.Tensor  # [d_sae] float64 sums over clean positions
+    sxx: torch.Tensor
+    sh: torch.Tensor  # [d_in] float64 sums over clean positions
+    shh: torch.Tensor
+
+    def entries(self, ids: torch.Tensor) -> BatchEntries: ...
+
+    def correlation_sums(self, ids: torch.Tensor, ent: BatchEntries) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def release(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def ranges(starts: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ hover stage computes each position's clean logits once, in the shard that owns i
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from sitegen.sources import Sources
 from sitegen.sources.dictionaries import post_norm
 
 TOTALS = "totals.pt"
+CONTENTS = "contents.json"  # what the shard holds (BuildPlan.contents), written last
 
 
 def dictionary_effects(effects: str, directions: torch.Tensor | None) -> str:
@@ -133,7 +135,9 @@ def token_shard(src: Sources, bp: BuildPlan, s: int) -> dict:
     whether it ran the model."""
     final = bp.shard_dir(s)
     if final.is_dir():
-        return {"model_passes": 0, "seconds": {}}
+        if (final / CONTENTS).is_file() and bp.covered(json.loads((final / CONTENTS).read_text())):
+            return {"model_passes": 0, "seconds": {}}
+        shutil.rmtree(final)  # an earlier build's, for fewer batches
     lo, hi = bp.tokens[s]
     folder = new_folder(final)
     try:
@@ -169,6 +173,7 @@ def token_shard(src: Sources, bp: BuildPlan, s: int) -> dict:
                     save_array(folder / f"{name}.npy", cache.acts[name])
         finally:
             cache.close()
+        (folder / CONTENTS).write_text(json.dumps(bp.contents(), sort_keys=True))
         finished_folder(folder, final)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
