@@ -118,6 +118,8 @@ def build_feature_cache(
     )
     seconds: dict[str, float] = {}
     run: dict[str, int] = {"model_passes": 0}
+    shown, n_nonfinite = Shown(set(), set()), 0  # what the batch files show
+    done: set[tuple[int, int]] = set()  # the batches this run wrote (the others are read back)
     if todo or bp.heads:
         executor = executor or LocalExecutor(src)
 
@@ -131,17 +133,26 @@ def build_feature_cache(
         run["model_passes"] = int(any(r["model_passes"] for r in shards))
         if bp.heads:
             for i, recorder in merged_heads(src, bp).items():
-                write_heads(cache_dir, i, recorder.head_data(), plan[i])
-        stage("feature shards", feature_shard, list(range(len(bp.features))))
+                heads = recorder.head_data()
+                write_heads(cache_dir, i, heads, plan[i])
+                for hd in heads:
+                    shown.tokens.update(hd.token_ids())
+                done.update((i, b) for b in range(len(plan[i])))
+        written = stage("feature shards", feature_shard, list(range(len(bp.features))))
         if waiting(bp):
             counts = stage("hovers", hover_shard, list(range(len(bp.tokens))))
             run.update({k: sum(c.get(k, 0) for c in counts) for k in ("hovers", "hover_positions")})
-            stage("writing", write_shard, list(range(len(bp.features))))
+            written += stage("writing", write_shard, list(range(len(bp.features))))
+        for w in written:
+            shown.tokens.update(w["tokens"])
+            shown.seqs.update(w["seqs"])
+            n_nonfinite += w["n_nonfinite"]
+            done.update(tuple(key) for key in w["batches"])
         shutil.rmtree(bp.storage, ignore_errors=True)
         if not src.config.executor.storage:
             shutil.rmtree(storage_root(src, cache_dir), ignore_errors=True)
     t0 = time.perf_counter()
-    shown, n_nonfinite = shown_by(cache_dir, plan, n_dicts, n_models)
+    n_nonfinite += add_shown(shown, cache_dir, plan, n_dicts, n_models, done)
     if src.prompts:
         t1 = time.perf_counter()
         prompt_phase(src, cache_dir, shown.tokens, progress)
@@ -163,11 +174,16 @@ def build_feature_cache(
     return {**manifest, "stats": {**stats, **run, "reused_batches": reused, "seconds": seconds}}
 
 
-def shown_by(cache_dir: Path, plan: list[list[list[int]]], n_dicts: int, n_models: int) -> tuple[Shown, int]:
-    """What the batch files of the model's dictionaries show beyond themselves, and their NaN/inf count."""
-    shown, n_nonfinite = Shown(set(), set()), 0
+def add_shown(
+    shown: Shown, cache_dir: Path, plan: list[list[list[int]]], n_dicts: int, n_models: int, done: set
+) -> int:
+    """Add what the batch files of the model's dictionaries that this run did not write (reused
+    ones) show beyond themselves; returns their NaN/inf count."""
+    n_nonfinite = 0
     for i, p in enumerate(plan[:n_models]):
         for b in range(len(p)):
+            if (i, b) in done:
+                continue
             if i >= n_dicts:
                 for hd in read_head_batch(batch_path(cache_dir, i, b)):
                     shown.tokens.update(hd.token_ids())
@@ -175,4 +191,4 @@ def shown_by(cache_dir: Path, plan: list[list[list[int]]], n_dicts: int, n_model
             for fd in read_batch(batch_path(cache_dir, i, b)):
                 shown.add(fd)
                 n_nonfinite += fd.n_nonfinite
-    return shown, n_nonfinite
+    return n_nonfinite

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
+from sitegen.cache.feature_data import FeatureData
 from sitegen.cache.files import batch_path, write_batch
 from sitegen.compute.activations import start_layer
 from sitegen.compute.batch import DictionaryContext, batch_tensors
@@ -27,9 +28,35 @@ from sitegen.compute.shard_files import BuildPlan, load, load_array, save, save_
 from sitegen.compute.spill import Arrays
 from sitegen.compute.store import BatchEntries
 from sitegen.compute.token_shard import TOTALS, dictionary_effects
-from sitegen.compute.writing import paused_gc
+from sitegen.compute.writing import Shown, paused_gc
 from sitegen.hooks import block_hook
 from sitegen.sources import Sources
+
+
+class Written:
+    """The batch files a shard wrote, and what they show beyond themselves (for the driver's
+    ``tokens.json`` and ``sequences.json``), so it need not read them back."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+        self.shown = Shown(set(), set())
+        self.n_nonfinite = 0
+
+    def add(self, bp: BuildPlan, i: int, b: int, features: list[FeatureData]) -> None:
+        write_batch(bp.out, i, b, features)
+        self.batches.append((i, b))
+        for fd in features:
+            self.shown.add(fd)
+            self.n_nonfinite += fd.n_nonfinite
+
+    def result(self) -> dict:
+        shown = self.shown
+        return {
+            "batches": self.batches,
+            "tokens": sorted(shown.tokens),
+            "seqs": sorted(shown.seqs),
+            "n_nonfinite": self.n_nonfinite,
+        }
 
 
 class ShardedActs:
@@ -104,7 +131,7 @@ def basis_width(src: Sources) -> int | None:
 def feature_shard(src: Sources, bp: BuildPlan, f: int) -> dict:
     """Build feature shard ``f``'s batches (those not yet written or waiting for their hovers)."""
     fc = src.config.features
-    built = 0
+    written = Written()
     with paused_gc():
         for i, b in bp.features[f]:
             if batch_path(bp.out, i, b).is_file() or bp.pending(i, b).is_file():
@@ -118,9 +145,8 @@ def feature_shard(src: Sources, bp: BuildPlan, f: int) -> dict:
             try:
                 tensors, request = batch_tensors(src.model, src.data.tokens, fc, ctx, ids, table)
                 acts.close()
-                built += len(ids)
                 if request is None:
-                    write_batch(bp.out, i, b, feature_data(tensors))
+                    written.add(bp, i, b, feature_data(tensors))
                     continue
                 if table is not None:
                     save_array(bp.logit_effects(i, b), table.u)
@@ -129,7 +155,7 @@ def feature_shard(src: Sources, bp: BuildPlan, f: int) -> dict:
                 save(bp.pending(i, b), tensors)  # last: a pending batch has its request
             finally:
                 arrays.close()
-    return {"features": built}
+    return written.result()
 
 
 def scratch(src: Sources, bp: BuildPlan, name: str) -> Arrays:
@@ -225,8 +251,9 @@ def write_shard(src: Sources, bp: BuildPlan, f: int) -> dict:
     k = src.config.features.hover_top
     n_ctx = src.data.tokens.shape[1]
     mine = [key for key in bp.features[f] if bp.pending(*key).is_file() and not batch_path(bp.out, *key).is_file()]
+    written = Written()
     if not mine:
-        return {}
+        return written.result()
     shards = [load(bp.hovers(s)) for s in range(len(bp.tokens))]
     with paused_gc():
         for key in mine:
@@ -235,5 +262,5 @@ def write_shard(src: Sources, bp: BuildPlan, f: int) -> dict:
             table = cat_tables([shard[key] for shard in shards], k)
             tensors = load(bp.pending(*key))
             tensors.hovers = table.take(torch.argsort(torch.cat(where)))
-            write_batch(bp.out, *key, feature_data(tensors))
-    return {}
+            written.add(bp, *key, feature_data(tensors))
+    return written.result()
