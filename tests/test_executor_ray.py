@@ -25,6 +25,7 @@ from sitegen.sources import load_sources
 ray = pytest.importorskip("ray")
 
 SEED = random.randrange(10**6)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,7 @@ def two_nodes(tmp_path):
     port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
+    common += [f"--object-store-memory={100 * 2**20}"]
     try:
         subprocess.run(
             [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={head}", *common],

@@ -11,6 +11,7 @@ a retried shard finds its own or its first attempt's finished output.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -103,6 +104,7 @@ class RayExecutor:
         ex: ExecutorConfig = config.executor
         self.ray, self.started = ray, False
         if not ray.is_initialized():
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reports sent from a build
             try:
                 ray.init(address=ex.address, include_dashboard=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as err:
