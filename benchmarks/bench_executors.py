@@ -108,8 +108,9 @@ def main() -> None:
     p.add_argument("--token-shards", type=int, default=4)
     p.add_argument("--feature-shards", type=int, default=4)
     p.add_argument("--runs", type=int, default=2, help="rounds of (local, ray 1, ray 2)")
+    p.add_argument("--device", default="cpu", help="the model's device (cuda: measure a GPU worker's rates)")
     own = p.parse_args()
-    args = bench_engine.parse(["--small"] if own.small else [])
+    args = bench_engine.parse((["--small"] if own.small else []) + ["--device", own.device])
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="sitegen-bench-ray-") as tmp:
         root = Path(tmp)

@@ -75,6 +75,9 @@ class ShardedActs:
     def entries(self, ids: torch.Tensor) -> BatchEntries:
         """The batch's entries by (feature, token): the shards' in token order, stably by feature."""
         p = self.parts
+        if len(p) == 1:
+            x = p[0]
+            return BatchEntries(x["rows"], x["tok"], x["val"], x["n_tokens"], x["n_nonfinite"])
         rows = torch.cat([x["rows"] for x in p])
         order = torch.argsort(rows, stable=True)
         n_tokens, n_nonfinite = added([x["n_tokens"] for x in p]), added([x["n_nonfinite"] for x in p])
