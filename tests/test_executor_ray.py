@@ -64,8 +64,21 @@ def die_once(fn, marker: str, src, bp, k):
     return fn(src, bp, k)
 
 
+class DyingWriter:
+    """A page writer whose first batch file of dictionary 1 kills its worker process (SIGKILL)."""
+
+    def __init__(self, make_writer, marker: str):
+        self.inner, self.marker = make_writer(), marker
+
+    def write_batch(self, index, path):
+        if index == 1 and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner.write_batch(index, path)
+
+
 class Killing(RayExecutor):
-    """Kills a worker in shard 1 of every stage, once per stage."""
+    """Kills a worker in shard 1 of every stage, and in the pages, once each."""
 
     def __init__(self, *args, folder: Path):
         super().__init__(*args)
@@ -74,6 +87,10 @@ class Killing(RayExecutor):
     def map(self, name, fn, bp, items, progress):
         marker = str(self.folder / name.replace(" ", "-"))
         return super().map(name, partial(by_value(die_once), fn, marker), bp, items, progress)
+
+    def write_batches(self, tasks, make_writer):
+        dying = partial(by_value(DyingWriter), make_writer, str(self.folder / "pages"))
+        return super().write_batches(tasks, dying)
 
 
 def by_value(fn):
@@ -95,7 +112,7 @@ def test_killed_workers_are_retried_and_the_bytes_stay_the_same(local_ray, tmp_p
         render_site(tmp_path / "ray" / "cache", cfg, tmp_path / "ray" / "site", pool=executor)
     finally:
         executor.close()
-    assert sorted(p.name for p in killed.iterdir()) == ["feature-shards", "hovers", "token-shards", "writing"]
+    assert sorted(p.name for p in killed.iterdir()) == ["feature-shards", "hovers", "pages", "token-shards", "writing"]
     assert tree(tmp_path / "ray" / "cache") == cache, f"seed={SEED}"
     assert tree(tmp_path / "ray" / "site") == site, f"seed={SEED}"
 
