@@ -82,3 +82,15 @@ def assert_clean(driver, allowed: str = "\0") -> None:
     except NoAlertPresentException:
         pass
     assert driver.execute_script("return window.__pwned === undefined")
+
+
+def keyboard_focus(driver, element) -> None:
+    """Focus ``element`` as a keyboard user would. Chromium fires no focus events in a page that
+    has not had the window's focus (headless, before any real input: Chromium 150 holds to this),
+    so a Tab key press, real input, gives the page focus first; then ``element`` takes it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(driver).send_keys(Keys.TAB).perform()
+    driver.execute_script("arguments[0].focus()", element)
+    assert driver.execute_script("return document.hasFocus() && document.activeElement === arguments[0]", element)

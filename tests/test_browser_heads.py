@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import assert_clean, available, chromium, open_page
+from chromium import assert_clean, available, chromium, keyboard_focus, open_page
 from head_fixtures import HOSTILE_IDS, HeadSpec, write_head_cache
 from site_fixtures import PAYLOADS, site_config, token_table
 
@@ -198,7 +198,7 @@ def test_keyboard_focus_selects(driver, site):
     r = hd.random_records[0]
     spans = strip(driver, 1, 0)
     assert all(s.get_attribute("tabindex") == "0" for s in spans)
-    driver.execute_script("arguments[0].focus()", spans[len(r.earlier) + 2])
+    keyboard_focus(driver, spans[len(r.earlier) + 2])
     assert shading(driver, 1, 0) == expected_in(hd, r, SCALARS.index(hd.rank_by), 2)
     assert driver.find_element(By.ID, "tip").is_displayed()
     spans[len(r.earlier) + 2].send_keys("\ue014")  # ArrowRight: the next token of the strip

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import assert_clean, available, chromium, open_page
+from chromium import assert_clean, available, chromium, keyboard_focus, open_page
 from prompt_fixtures import HEAD_SPECS, node_layer, write_prompt_cache
 from site_fixtures import site_config, token_table
 
@@ -188,7 +188,7 @@ def test_hovering_a_token_shows_its_numbers(driver, site):
         "return Array.from(document.querySelectorAll('#strip .pt'), s => s.querySelectorAll('rect').length)"
     )
     assert n_rects == [sum(v != 0 for layer in per for v in layer) for per in pd.layer_attribution] and n_rects[0] == 0
-    driver.execute_script("arguments[0].focus()", spans[2])  # keyboard: focus, then arrows
+    keyboard_focus(driver, spans[2])  # keyboard: focus, then arrows
     assert "position 2" in tip.text
     spans[2].send_keys("\ue014")  # ArrowRight
     assert driver.execute_script("return document.activeElement") == spans[3] and "position 3" in tip.text

@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
-from chromium import assert_clean, available, chromium, open_page
+from chromium import assert_clean, available, chromium, keyboard_focus, open_page
 from site_fixtures import PAYLOADS
 from test_imports import import_project, write_openai_folder
 
@@ -114,7 +114,7 @@ def test_token_pair_records_list_the_keys_read(site, driver):
     rec = ActivationRecord(pair_record(1, 3)["most_positive_activation_records"][0]["tokens"], [])
     assert rec.tokens[2] == PAYLOADS[0] and spans[2].text == PAYLOADS[0]
     # token 3 (" b") reads keys 0..3 with 0.125, 3.0, 0.5, 1.5: its value is 3, its top keys 1, 3, 2
-    driver.execute_script("arguments[0].focus()", spans[3])
+    keyboard_focus(driver, spans[3])
     tip = driver.find_element(By.ID, "tip").text
     assert "largest pair scalar 3" in tip
     assert tip.index("reads key 1") < tip.index("reads key 3") < tip.index("reads key 2")
